@@ -12,9 +12,15 @@ import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
 
 from ..log import logger
 
@@ -27,8 +33,34 @@ MAX_TURN_CHARS = 8_000
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
+# Largest seq every backend can hold (SQL BIGINT).
+MAX_SEQ = 2**63 - 1
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def as_utc(v: datetime) -> datetime:
+    """Aware UTC datetime; a naive one is taken as UTC.
+
+    Normalising here makes a turn read back from any backend compare and
+    serialise identically to the one that was written.
+    """
+    return v.replace(tzinfo=timezone.utc) if v.tzinfo is None else v.astimezone(timezone.utc)
+
+
+def _no_control_chars(v: str) -> str:
+    # Ids become SQL keys and Redis key names; PostgreSQL text cannot hold NUL
+    # and a newline in a key name makes logs lie.
+    if _CONTROL_CHARS.search(v) or any(c in v for c in "\t\n\r"):
+        raise ValueError("must not contain control characters")
+    return v
+
+
+# user, conversation, item and fact ids: non-empty, bounded, printable
+Ident = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_no_control_chars)]
+UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
 
 
 class Role(str, Enum):
@@ -48,23 +80,20 @@ class Turn(BaseModel):
 
     model_config = ConfigDict(frozen=True, use_enum_values=False)
 
-    user_id: str = Field(min_length=1, max_length=256)
-    conversation_id: str = Field(min_length=1, max_length=256)
-    seq: int = Field(ge=0, description="position inside its conversation, in spoken order")
+    user_id: Ident
+    conversation_id: Ident
+    seq: int = Field(
+        ge=0, le=MAX_SEQ, description="position inside its conversation, in spoken order"
+    )
     role: Role
     text: str
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: UtcDatetime = Field(default_factory=utcnow)
     source: Source = Source.VOICE
-    agent_id: str | None = None
-    item_id: str | None = Field(
+    agent_id: Ident | None = None
+    item_id: Ident | None = Field(
         default=None, description="livekit chat item id; appends are idempotent on it"
     )
     interrupted: bool = False
-
-    @field_validator("created_at")
-    @classmethod
-    def _aware(cls, v: datetime) -> datetime:
-        return v if v.tzinfo else v.replace(tzinfo=timezone.utc)
 
     @property
     def idempotency_key(self) -> str:
@@ -75,29 +104,29 @@ class Turn(BaseModel):
 class Summary(BaseModel):
     """A summary of a user's older turns, stored and reused across calls."""
 
-    user_id: str
+    user_id: Ident
     text: str
     # the summary covers every turn up to and including this (created_at, conversation_id, seq)
-    covers_until: datetime
-    turn_count: int = Field(ge=0, description="how many turns it summarizes")
-    created_at: datetime = Field(default_factory=utcnow)
-    method: str = "extractive"
+    covers_until: UtcDatetime
+    turn_count: int = Field(ge=0, le=MAX_SEQ, description="how many turns it summarizes")
+    created_at: UtcDatetime = Field(default_factory=utcnow)
+    method: str = Field(default="extractive", max_length=64)
 
 
 class Fact(BaseModel):
     """A durable fact about a user, put into the instructions of every later call."""
 
-    user_id: str
-    key: str = Field(min_length=1, max_length=128)
+    user_id: Ident
+    key: Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_no_control_chars)]
     text: str = Field(min_length=1, max_length=2_000)
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: UtcDatetime = Field(default_factory=utcnow)
 
 
 class ConversationInfo(BaseModel):
     user_id: str
     conversation_id: str
-    started_at: datetime
-    ended_at: datetime
+    started_at: UtcDatetime
+    ended_at: UtcDatetime
     turn_count: int
 
 
@@ -126,29 +155,83 @@ def clean_text(text: str) -> tuple[str, list[str]]:
     return cleaned, problems
 
 
-def turn_from_record(record: Mapping[str, Any] | str | bytes, *, where: str) -> Turn | None:
+def storable_text(text: str) -> tuple[str, int]:
+    """Text as every store writes it: control characters removed, length kept.
+
+    PostgreSQL text cannot hold NUL and the characters carry nothing, so all
+    backends drop them on write (and say how many); the length cap is applied on
+    load, so a later, larger budget can still see the full turn.
+    """
+    cleaned = _CONTROL_CHARS.sub("", text)
+    return cleaned, len(text) - len(cleaned)
+
+
+def turn_from_record(
+    record: Mapping[str, Any] | str | bytes, *, where: str, user_id: str | None = None
+) -> Turn | None:
     """Read one stored row back as a Turn, or None when it cannot be trusted.
 
     `where` names the row for the warning (store, key or rowid) so an operator can
     find and fix it. Rows are data, never trusted: bad JSON, an unknown role or a
     missing field drops the row; oversize text or control characters are cleaned
-    and the row kept. Never raises.
+    and the row kept. When `user_id` is given, a row that names another user is
+    dropped too (it was stored under the wrong key: never hand it to this caller).
+    Never raises.
     """
-    try:
-        data: Any = json.loads(record) if isinstance(record, (str, bytes)) else dict(record)
-    except (ValueError, TypeError) as e:
-        logger.warning("skipping corrupt history row %s: bad JSON (%s)", where, e)
-        return None
-    if not isinstance(data, dict):
-        logger.warning("skipping corrupt history row %s: not an object", where)
+    data = _record_data(record, where)
+    if data is None:
         return None
     text = data.get("text")
     if isinstance(text, str):
         data["text"], problems = clean_text(text)
         for p in problems:
             logger.warning("history row %s: %s", where, p)
+    turn = _validate(Turn, data, where)
+    if turn is not None and user_id is not None and turn.user_id != user_id:
+        logger.warning("skipping history row %s: it belongs to another user", where)
+        return None
+    return turn
+
+
+def summary_from_record(record: Mapping[str, Any] | str | bytes, *, where: str) -> Summary | None:
+    """Read a stored summary back, or None (with a warning) when it cannot be trusted."""
+    data = _record_data(record, where)
+    if data is None:
+        return None
+    if isinstance(data.get("text"), str):
+        data["text"] = _CONTROL_CHARS.sub("", data["text"])
+    return _validate(Summary, data, where)
+
+
+def fact_from_record(record: Mapping[str, Any] | str | bytes, *, where: str) -> Fact | None:
+    """Read a stored fact back, or None (with a warning) when it cannot be trusted."""
+    data = _record_data(record, where)
+    if data is None:
+        return None
+    if isinstance(data.get("text"), str):
+        data["text"] = _CONTROL_CHARS.sub("", data["text"])
+    return _validate(Fact, data, where)
+
+
+def _record_data(record: Mapping[str, Any] | str | bytes, where: str) -> dict[str, Any] | None:
     try:
-        return Turn.model_validate(data)
+        data: Any = json.loads(record) if isinstance(record, (str, bytes)) else dict(record)
+    # RecursionError: deeply nested JSON must not crash the load
+    except (ValueError, TypeError, RecursionError) as e:
+        logger.warning("skipping corrupt history row %s: bad JSON (%s)", where, e)
+        return None
+    if not isinstance(data, dict):
+        logger.warning("skipping corrupt history row %s: not an object", where)
+        return None
+    return data
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _validate(model: type[_M], data: dict[str, Any], where: str) -> _M | None:
+    try:
+        return model.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(x) for x in first.get("loc", ()))

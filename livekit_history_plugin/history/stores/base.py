@@ -7,29 +7,75 @@ backend; a new backend is done when that suite passes on it.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
-from datetime import datetime, timedelta
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, timezone
 from types import TracebackType
+from urllib.parse import urlsplit, urlunsplit
 
-from ..models import ConversationInfo, Fact, StoreStats, Summary, Turn
+from ...log import logger
+from ..models import ConversationInfo, Fact, StoreStats, Summary, Turn, as_utc, storable_text
+
+# purge progress: called with the number of turns deleted so far, after each batch
+PurgeProgress = Callable[[int], None]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 class StoreError(Exception):
-    """A store operation failed; the message says which store and why."""
+    """A store operation failed; the message says which store and why.
+
+    `store` is the store's (password-free) URL, `op` the operation and `cause`
+    the underlying driver error, when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        store: str | None = None,
+        op: str | None = None,
+        cause: BaseException | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.store = store
+        self.op = op
+        self.cause = cause
+
+    @classmethod
+    def wrap(cls, store: str, op: str, cause: BaseException) -> StoreError:
+        """`<store>: <op> failed: <cause> (<CauseType>)` carrying the cause."""
+        detail = str(cause).strip().splitlines()[0] if str(cause).strip() else "no detail"
+        return cls(
+            f"{store}: {op} failed: {detail} ({type(cause).__name__})",
+            store=store,
+            op=op,
+            cause=cause,
+        )
 
 
 class StoreUnavailableError(StoreError):
     """The store's server cannot be reached (retryable)."""
 
 
+class MissingDriverError(StoreError, ImportError):
+    """The backend's optional driver is not installed; the message names the extra."""
+
+
 class HistoryStore(abc.ABC):
     """Async storage of turns, summaries and facts, keyed by user.
 
     Ordering: a user's turns are ordered by (created_at, conversation_id, seq),
-    which is spoken order. Every method is scoped to one user id except
-    `purge_older_than` and `stats`; no method returns another user's rows.
+    which is spoken order; ties on all three (two turns with different item ids
+    at the same position) break on the idempotency key so every backend returns
+    the same order. Ids compare by code point on every backend.
+    Every method is scoped to one user id except `purge_older_than`,
+    `list_users` and `stats`; no method returns another user's rows.
+
+    Every operation is idempotent, so a caller may retry any of them after a
+    `StoreUnavailableError`.
     """
 
+    # the store's URL with any password masked: safe to log and print
     url: str
 
     @abc.abstractmethod
@@ -56,7 +102,10 @@ class HistoryStore(abc.ABC):
     async def append(self, turns: Sequence[Turn]) -> int:
         """Write turns atomically; idempotent on (user_id, idempotency_key).
 
-        Returns how many were new. When it returns, the turns are durable.
+        Turns of several users may be mixed in one call. Control characters are
+        dropped from the text on write (see `storable_text`). Returns how many
+        were new. When it returns, the turns are durable (to the level the
+        backend documents).
         """
 
     @abc.abstractmethod
@@ -64,17 +113,20 @@ class HistoryStore(abc.ABC):
         self, user_id: str, limit: int, *, before: datetime | None = None
     ) -> list[Turn]:
         """The latest `limit` turns of a user (strictly before `before` if given),
-        oldest first. Corrupt rows are skipped with a warning, never raised."""
+        oldest first. Corrupt rows are skipped with a warning, never raised (they
+        count against `limit`). `limit` < 0 is a ValueError; 0 returns []."""
 
     @abc.abstractmethod
-    async def count_turns(self, user_id: str) -> int: ...
+    async def count_turns(self, user_id: str) -> int:
+        """How many turn rows are stored for the user (corrupt ones included)."""
 
     @abc.abstractmethod
     async def list_conversations(self, user_id: str) -> list[ConversationInfo]:
-        """Conversations of a user, oldest first."""
+        """Conversations of a user, oldest first (by first turn, then id)."""
 
     @abc.abstractmethod
-    async def list_users(self) -> list[str]: ...
+    async def list_users(self) -> list[str]:
+        """Every user with any stored turn, summary or fact, sorted by code point."""
 
     # -- deletion ----------------------------------------------------------------
     @abc.abstractmethod
@@ -82,12 +134,24 @@ class HistoryStore(abc.ABC):
         """Delete everything of a user (turns, summary, facts). Returns turns deleted."""
 
     @abc.abstractmethod
-    async def purge_older_than(self, age: timedelta, *, now: datetime | None = None) -> int:
-        """Delete turns created before now - age, for every user. Returns how many."""
+    async def purge_older_than(
+        self,
+        age: timedelta,
+        *,
+        now: datetime | None = None,
+        progress: PurgeProgress | None = None,
+    ) -> int:
+        """Delete turns created before now - age, for every user. Returns how many.
+
+        Summaries and facts are kept (they are what remains of old history).
+        The purge runs in small batches so live appends are never blocked for
+        long; `progress(turns_deleted_so_far)` is called after each batch.
+        """
 
     # -- summary and facts ------------------------------------------------------
     @abc.abstractmethod
-    async def save_summary(self, summary: Summary) -> None: ...
+    async def save_summary(self, summary: Summary) -> None:
+        """Insert or replace the user's one summary."""
 
     @abc.abstractmethod
     async def load_summary(self, user_id: str) -> Summary | None: ...
@@ -97,10 +161,70 @@ class HistoryStore(abc.ABC):
         """Insert or replace the fact with the same (user_id, key)."""
 
     @abc.abstractmethod
-    async def load_facts(self, user_id: str) -> list[Fact]: ...
+    async def load_facts(self, user_id: str) -> list[Fact]:
+        """The user's facts, oldest first (then by key)."""
 
     @abc.abstractmethod
     async def delete_fact(self, user_id: str, key: str) -> bool: ...
 
     @abc.abstractmethod
     async def stats(self) -> StoreStats: ...
+
+
+# -- helpers shared by the backends ----------------------------------------------
+
+
+def to_micros(dt: datetime) -> int:
+    """Microseconds since the Unix epoch (UTC): exact, sortable, backend-neutral."""
+    delta = as_utc(dt) - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(us: int) -> datetime | None:
+    """Inverse of `to_micros`; None when out of datetime's range (a corrupt row)."""
+    try:
+        return _EPOCH + timedelta(microseconds=us)
+    except (OverflowError, TypeError):
+        return None
+
+
+def check_limit(limit: int) -> None:
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+        raise ValueError(f"limit must be an int >= 0, got {limit!r}")
+
+
+def purge_cutoff(age: timedelta, now: datetime | None) -> datetime:
+    if age < timedelta(0):
+        raise ValueError(f"purge age must be >= 0, got {age}")
+    base = as_utc(now) if now is not None else datetime.now(timezone.utc)
+    return base - age
+
+
+def storable(turn: Turn, store: str) -> str:
+    """The turn's text as written by every backend, warning when it changed."""
+    text, removed = storable_text(turn.text)
+    if removed:
+        logger.warning(
+            "%s: removed %d control characters from turn %s of user %r before storing",
+            store,
+            removed,
+            turn.idempotency_key,
+            turn.user_id,
+        )
+    return text
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password masked, for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        port = f":{parts.port}" if parts.port is not None else ""
+        user = parts.username or ""
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+    except ValueError:
+        return "<unparseable url>"

@@ -1,0 +1,315 @@
+"""The shared machinery of every compat adapter.
+
+An adapter attaches to ONE livekit realtime session instance and makes every
+path on which livekit sends chat context safe:
+
+- `update_chat_ctx` (agent start, handoff, user turns, tool results, users'
+  own calls) is replaced by a sanitized, ack-matched, re-chaining replay;
+- the reconnect replay (server close, max-session-duration recycle) and the
+  text `truncate` path both build their events through
+  `_create_update_chat_ctx_events`; that hook returns nothing and the same
+  safe replay runs instead, after the new connection is up;
+- livekit's own ack / delete / error handlers are wrapped so the replay engine
+  sees each answer first and livekit never reports an answer to our requests
+  as an unexplained error.
+
+Subclasses only name the livekit handler methods and the dialect of their code
+path, with the release range those names hold for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+from livekit.agents import llm
+
+from ..dialects import Dialect
+from ..log import logger
+from ..replay.driver import ReplayDriver
+from ..replay.engine import (
+    CONNECTION_RESET,
+    DeleteFailed,
+    ItemConfirmed,
+    ItemDeleted,
+    ItemRejected,
+    Output,
+    ReplayEngine,
+    ReplayResult,
+)
+from ..replay.plan import UpdatePlan, plan_update
+
+_ATTR = "_lhp_adapter"
+# how many finished updates still absorb late answers (duplicate acks,
+# answers to superseded attempts) so livekit does not log them as failures
+_FINISHED_KEPT = 4
+# a reconnect that keeps failing must not replay forever
+_MAX_REPLANS = 3
+
+
+class ReplayOptions:
+    """Timeouts of one update; module-level defaults, overridable per adapter."""
+
+    def __init__(self, *, ack_timeout: float = 2.0, verify_timeout: float = 1.0) -> None:
+        self.ack_timeout = ack_timeout
+        self.verify_timeout = verify_timeout
+
+
+class SessionAdapter:
+    """Safe chat-context replay for one livekit realtime session."""
+
+    #: livekit releases (inclusive) whose private names this adapter relies on
+    RELEASES: ClassVar[tuple[str, str]] = ("0", "0")
+    #: the session method livekit calls for an item ack
+    ACK_HANDLER: ClassVar[str] = "_handle_conversion_item_added"
+    DELETE_HANDLER: ClassVar[str] = "_handle_conversion_item_deleted"
+    ERROR_HANDLER: ClassVar[str] = "_handle_error"
+
+    def __init__(self, session: Any, options: ReplayOptions | None = None) -> None:
+        self.session = session
+        self.options = options or ReplayOptions()
+        self.dialect: Dialect = self.detect_dialect(session)
+        self.last_result: ReplayResult | None = None
+        self._driver: ReplayDriver | None = None
+        self._plan: UpdatePlan | None = None
+        self._finished: collections.deque[ReplayEngine] = collections.deque(maxlen=_FINISHED_KEPT)
+        self._in_truncate = False
+        self._reconnect_ctx: llm.ChatContext | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._listening_raw = False
+        self._lock: asyncio.Lock = getattr(session, "_update_chat_ctx_lock", None) or asyncio.Lock()
+
+    # -- per-path facts (override) ---------------------------------------------
+
+    @classmethod
+    def detect_dialect(cls, session: Any) -> Dialect:
+        raise NotImplementedError
+
+    # -- installation ----------------------------------------------------------
+
+    def install(self) -> None:
+        s = self.session
+        setattr(s, _ATTR, self)
+        self._orig_ack = getattr(s, self.ACK_HANDLER)
+        self._orig_deleted = getattr(s, self.DELETE_HANDLER)
+        self._orig_error = getattr(s, self.ERROR_HANDLER)
+        self._orig_events = s._create_update_chat_ctx_events
+        self._orig_truncate = s.truncate
+        self._native_update = s.update_chat_ctx
+        setattr(s, self.ACK_HANDLER, self._on_ack)
+        setattr(s, self.DELETE_HANDLER, self._on_deleted)
+        setattr(s, self.ERROR_HANDLER, self._on_error)
+        s._create_update_chat_ctx_events = self._intercept_events
+        s.truncate = self._truncate
+        s.update_chat_ctx = self.update_chat_ctx
+        s.on("session_reconnected", self._on_reconnected)
+
+    @property
+    def mirror(self) -> Any:
+        return self.session._remote_chat_ctx
+
+    # -- the safe update ---------------------------------------------------------
+
+    async def update_chat_ctx(self, chat_ctx: llm.ChatContext) -> None:
+        """Make the server conversation equal the sanitized `chat_ctx`.
+
+        Never raises for a rejected item and never stalls: each rejection costs
+        that item only, and is logged and reported in `last_result`.
+        """
+        async with self._lock:
+            for _ in range(_MAX_REPLANS):
+                plan = plan_update(chat_ctx, self.mirror.to_chat_ctx(), self.dialect)
+                if plan.empty:
+                    return
+                driver = self._start(plan)
+                try:
+                    result = await driver.run()
+                finally:
+                    self._finish(driver)
+                self.last_result = result
+                self._log_result(plan, result)
+                if driver.aborted != CONNECTION_RESET:
+                    return
+
+    def _start(self, plan: UpdatePlan) -> ReplayDriver:
+        engine = ReplayEngine(
+            plan.creates,
+            plan.deletes,
+            remote_order=plan.remote_order,
+            ack_timeout=self.options.ack_timeout,
+            verify_timeout=self.options.verify_timeout,
+        )
+        self._plan = plan
+        self._driver = ReplayDriver(engine, send=self._send, on_output=self._on_output)
+        return self._driver
+
+    def _finish(self, driver: ReplayDriver) -> None:
+        self._driver = None
+        self._plan = None
+        self._finished.append(driver.engine)
+        if self._listening_raw:
+            self._listening_raw = False
+            self.session.off("openai_server_event_received", self._on_raw_event)
+
+    def _send(self, event: dict[str, Any]) -> None:
+        if event["type"] == "conversation.item.retrieve" and not self._listening_raw:
+            # livekit has no handler for `conversation.item.retrieved`; listen to
+            # raw events only while an answer is due (a listener costs per event)
+            self._listening_raw = True
+            self.session.on("openai_server_event_received", self._on_raw_event)
+        self.session.send_event(event)
+
+    def _on_output(self, out: Output) -> None:
+        if isinstance(out, ItemConfirmed):
+            if out.how != "ack":
+                self._mirror_insert(out.previous_item_id, out.item_id)
+        elif isinstance(out, ItemDeleted):
+            if out.how == "absent":
+                with contextlib.suppress(ValueError):
+                    self.mirror.delete(out.item_id)
+        elif isinstance(out, ItemRejected):
+            logger.warning(
+                "realtime server rejected chat item %s: %s (%s); items after it are re-chained",
+                out.item_id,
+                out.code,
+                out.message,
+                extra={"item_id": out.item_id, "code": out.code, "param": out.param},
+            )
+        elif isinstance(out, DeleteFailed):
+            logger.warning("could not delete chat item %s: %s (%s)", out.item_id, out.code, out.message)
+
+    def _mirror_insert(self, prev: str | None, item_id: str) -> None:
+        mirror = self.mirror
+        if mirror.get(item_id) is not None or self._plan is None:
+            return
+        item = self._plan.local_items.get(item_id)
+        if item is None:
+            return
+        if prev is not None and mirror.get(prev) is None:
+            items = mirror.to_chat_ctx().items
+            prev = items[-1].id if items else None
+        try:
+            mirror.insert(prev, item)
+        except ValueError as e:
+            logger.debug("mirror insert of %s failed: %s", item_id, e)
+
+    def _log_result(self, plan: UpdatePlan, result: ReplayResult) -> None:
+        logger.debug(
+            "chat context replayed",
+            extra={
+                "created": len(result.confirmed),
+                "rejected": len(result.rejected),
+                "deleted": len(result.deleted),
+                "dropped_by_sanitizer": plan.dropped,
+                "resends": result.resends,
+                "events_sent": result.events_sent,
+            },
+        )
+
+    # -- hooks into livekit's receive path -------------------------------------
+
+    def _feed(self, event: Mapping[str, Any], item_id: str | None) -> bool:
+        """Give a server event to the running update, or to a finished one it
+        may answer late. True when one of our updates claimed it."""
+        driver = self._driver
+        if driver is not None and (item_id is None or driver.engine.owns_item(item_id)):
+            if driver.feed(event):
+                return True
+        for engine in self._finished:
+            if item_id is not None and not engine.owns_item(item_id):
+                continue
+            if engine.receive(event, time.monotonic()).claimed:
+                return True
+        return False
+
+    def _on_ack(self, event: Any) -> None:
+        item = event.item
+        item_id = item.get("id") if isinstance(item, dict) else getattr(item, "id", None)
+        if self._driver is None and not self._finished:
+            self._orig_ack(event)
+            return
+        raw = {"type": "conversation.item.added", "item": {"id": item_id}}
+        raw["previous_item_id"] = getattr(event, "previous_item_id", None)
+        claimed = self._feed(raw, item_id)
+        if claimed and item_id is not None and self.mirror.get(item_id) is not None:
+            return  # a duplicate ack of an item already mirrored
+        self._orig_ack(event)
+
+    def _on_deleted(self, event: Any) -> None:
+        item_id = getattr(event, "item_id", None)
+        claimed = self._feed({"type": "conversation.item.deleted", "item_id": item_id}, item_id)
+        if claimed and item_id is not None and self.mirror.get(item_id) is None:
+            return  # already gone from the mirror (we settled it as absent)
+        self._orig_deleted(event)
+
+    def _on_error(self, event: Any) -> None:
+        raw = {"type": "error", "error": _error_dict(getattr(event, "error", None))}
+        if self._feed(raw, None):
+            return
+        self._orig_error(event)
+
+    def _on_raw_event(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "conversation.item.retrieved":
+            item = event.get("item")
+            item_id = item.get("id") if isinstance(item, dict) else None
+            self._feed(event, item_id)
+
+    # -- the other paths that send chat context ---------------------------------
+
+    def _intercept_events(self, chat_ctx: llm.ChatContext) -> list[Any]:
+        """Called by livekit's reconnect and text-truncate paths; answers with no
+        events and runs the safe replay instead."""
+        if self._in_truncate:
+            self._spawn(self.update_chat_ctx(chat_ctx))
+        else:
+            # the reconnect path resets the mirror and sends what we return
+            # straight to the new socket; replay once it is up instead
+            self._reconnect_ctx = chat_ctx
+        return []
+
+    def _truncate(self, **kwargs: Any) -> None:
+        self._in_truncate = True
+        try:
+            self._orig_truncate(**kwargs)
+        finally:
+            self._in_truncate = False
+
+    def _on_reconnected(self, _ev: Any = None) -> None:
+        ctx, self._reconnect_ctx = self._reconnect_ctx, None
+        if self._driver is not None:
+            # the running update re-plans against the fresh mirror with its own,
+            # newer target, which supersedes the reconnect snapshot
+            self._driver.abort(CONNECTION_RESET, "realtime session reconnected")
+            return
+        if ctx is not None:
+            self._spawn(self.update_chat_ctx(ctx))
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background chat context replay failed", exc_info=task.exception())
+
+
+def _error_dict(err: Any) -> dict[str, Any]:
+    if isinstance(err, Mapping):
+        return dict(err)
+    keys = ("type", "code", "message", "param", "event_id")
+    return {k: getattr(err, k, None) for k in keys}
+
+
+def adapter_of(session: Any) -> SessionAdapter | None:
+    """The adapter attached to a livekit realtime session, if any."""
+    found = getattr(session, _ATTR, None)
+    return found if isinstance(found, SessionAdapter) else None
+
+
+SessionFactory = Callable[..., Any]

@@ -1,0 +1,592 @@
+"""Sans-IO replay engine: creates and deletes conversation items, matched to
+their server acknowledgements, with re-chaining after a rejection.
+
+Like h11 or wsproto it does no I/O and reads no clock: the caller feeds it
+server events and the current time, and it answers with what to do — client
+events to send, and what it learnt about each item. One engine serves one
+chat-context update on one realtime connection.
+
+Why re-chain: livekit chains every created item to the previous *local* id.
+When the server rejects one item, every item chained behind it is rejected too
+(`item_create_invalid_previous_item_id`). Here each item is first sent chained
+to its desired predecessor (pipelined: one round trip when nothing fails); when
+the server says a predecessor does not exist, the item is sent again chained
+to the nearest earlier item that the server has or may still accept — so a
+rejection costs exactly that item.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Literal
+
+ROOT = "root"
+
+ItemAckType = Literal["conversation.item.created", "conversation.item.added"]
+_CREATE_ACKS = frozenset({"conversation.item.created", "conversation.item.added"})
+
+# Codes the server uses for a problem with the item a request carried; an
+# error with one of these and no event_id is matched to our oldest request.
+_ITEM_ERROR_PREFIXES = ("item_", "conversation_item")
+_ITEM_PARAM_PREFIX = "item"
+_QUOTED_ID = re.compile(r"'([^'\s]{1,200})'")
+
+DUPLICATE_ID = "item_create_duplicate_item_id"
+INVALID_PREVIOUS = "item_create_invalid_previous_item_id"
+DELETE_UNKNOWN = "item_delete_invalid_item_id"
+RETRIEVE_UNKNOWN = "item_retrieve_invalid_item_id"
+ACK_TIMEOUT = "ack_timeout"
+TOO_MANY_ATTEMPTS = "too_many_attempts"
+CONNECTION_RESET = "connection_reset"
+
+
+@dataclass(frozen=True)
+class CreateOp:
+    """Create `item` (wire JSON, with its `id`) right after the item `after`
+    (None: at the start of the conversation)."""
+
+    item: Mapping[str, Any]
+    after: str | None
+
+    @property
+    def item_id(self) -> str:
+        return str(self.item["id"])
+
+
+@dataclass(frozen=True)
+class DeleteOp:
+    item_id: str
+
+
+# -- what the engine tells its driver ----------------------------------------
+
+
+@dataclass(frozen=True)
+class SendEvent:
+    """Send this client event on the socket, in order."""
+
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ItemConfirmed:
+    """The server has `item_id`, right after `previous_item_id` (None: first).
+
+    `how`: "ack" (its own acknowledgement), "inferred" (an item chained behind it
+    was acknowledged, so it exists though its own ack was lost or is late),
+    "duplicate" (the server said the id already exists), "retrieved" (found by
+    `conversation.item.retrieve` after its ack timed out). For every `how` but
+    "ack" the driver must put the item into its mirror itself.
+    """
+
+    item_id: str
+    previous_item_id: str | None
+    item: Mapping[str, Any]
+    how: Literal["ack", "inferred", "duplicate", "retrieved"]
+
+
+@dataclass(frozen=True)
+class ItemRejected:
+    """The server does not have `item_id` and will not get it from this update."""
+
+    item_id: str
+    code: str
+    message: str
+    param: str | None = None
+
+
+@dataclass(frozen=True)
+class ItemDeleted:
+    """`item_id` is gone from the server (`how`: "ack" or "absent")."""
+
+    item_id: str
+    how: Literal["ack", "absent"]
+
+
+@dataclass(frozen=True)
+class DeleteFailed:
+    item_id: str
+    code: str
+    message: str
+
+
+Output = SendEvent | ItemConfirmed | ItemRejected | ItemDeleted | DeleteFailed
+
+
+@dataclass(frozen=True)
+class Reaction:
+    """The engine's answer to one server event.
+
+    `claimed`: the event answered one of this engine's requests (the driver
+    should not report it as an unexplained server error).
+    """
+
+    outputs: tuple[Output, ...] = ()
+    claimed: bool = False
+
+
+NOT_OURS = Reaction()
+
+
+@dataclass
+class ReplayResult:
+    confirmed: list[str] = field(default_factory=list)
+    rejected: list[ItemRejected] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    delete_failed: list[DeleteFailed] = field(default_factory=list)
+    events_sent: int = 0
+    resends: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.rejected and not self.delete_failed
+
+
+class _State(Enum):
+    SENT = "sent"  # an attempt is in flight
+    PARKED = "parked"  # refused for its anchor; waits until an anchor is certain
+    VERIFYING = "verifying"  # its ack timed out; a retrieve is in flight
+    CONFIRMED = "confirmed"
+    REJECTED = "rejected"
+
+
+@dataclass
+class _Create:
+    op: CreateOp
+    state: _State = _State.SENT
+    event_id: str = ""
+    sent_prev: str = ROOT
+    attempts: int = 0
+    sent_seq: int = 0  # send order of the current attempt
+    deadline: float = 0.0
+    # the server told us this item is not there (an item chained on it was
+    # refused); it must not anchor anything even while its own answer is pending
+    known_absent: bool = False
+    # send number of the attempt refused for its anchor, while PARKED
+    refused_seq: int = 0
+
+
+@dataclass
+class _Delete:
+    item_id: str
+    event_id: str = ""
+    deadline: float = 0.0
+    done: bool = False
+
+
+@dataclass(frozen=True)
+class _Request:
+    kind: Literal["create", "delete", "retrieve"]
+    item_id: str
+
+
+def default_event_id(kind: str) -> str:
+    return f"lhp_{kind}_{uuid.uuid4().hex[:16]}"
+
+
+class ReplayEngine:
+    """One chat-context update as a state machine.
+
+    Drive it with `start(now)`, then `receive(event, now)` for every server
+    event of the connection and `tick(now)` at `next_deadline()`; it is `done`
+    when every request is settled. All outputs must be acted on in order.
+    """
+
+    def __init__(
+        self,
+        creates: Sequence[CreateOp],
+        deletes: Sequence[DeleteOp] = (),
+        *,
+        remote_order: Sequence[str] = (),
+        ack_timeout: float = 2.0,
+        verify_timeout: float = 1.0,
+        max_attempts: int = 8,
+        new_event_id: Callable[[str], str] = default_event_id,
+    ) -> None:
+        self._ack_timeout = ack_timeout
+        self._verify_timeout = verify_timeout
+        self._max_attempts = max_attempts
+        self._new_event_id = new_event_id
+        self._creates: dict[str, _Create] = {}
+        for op in creates:
+            if op.item_id in self._creates:
+                raise ValueError(f"item {op.item_id!r} is created twice in one update")
+            self._creates[op.item_id] = _Create(op=op)
+        self._deletes = {d.item_id: _Delete(item_id=d.item_id) for d in deletes}
+        # where each already-present item sits, so re-chaining can walk back past
+        # a remote item that turned out to be gone
+        self._remote_prev: dict[str, str | None] = {}
+        prev: str | None = None
+        for rid in remote_order:
+            self._remote_prev[rid] = prev
+            prev = rid
+        self._absent_remote: set[str] = set(self._deletes)
+        # every request ever sent, current and superseded, by event id
+        self._requests: dict[str, _Request] = {}
+        # unanswered requests in send order, for errors that carry no event_id
+        self._inflight: dict[str, _Request] = {}
+        self._started = False
+        self._seq = 0
+        self._parked: dict[str, _Create] = {}
+        self.result = ReplayResult()
+
+    # -- public driving API ----------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return self._started and not self._inflight and not self._parked
+
+    def start(self, now: float) -> list[Output]:
+        """The initial burst: every delete, then every create, pipelined."""
+        if self._started:
+            raise RuntimeError("engine already started")
+        self._started = True
+        out: list[Output] = []
+        for d in self._deletes.values():
+            out.append(self._send_delete(d, now))
+        for c in self._creates.values():
+            # optimistic: every desired predecessor is sent before its successor
+            out.append(self._send_create(c, c.op.after or ROOT, now))
+        return out
+
+    def receive(self, event: Mapping[str, Any], now: float) -> Reaction:
+        """Feed one server event (any type; events not about our items are ignored)."""
+        etype = event.get("type")
+        if etype in _CREATE_ACKS:
+            reaction = self._on_created(event)
+        elif etype == "conversation.item.deleted":
+            reaction = self._on_deleted(event)
+        elif etype == "conversation.item.retrieved":
+            reaction = self._on_retrieved(event)
+        elif etype == "error":
+            reaction = self._on_error(event, now)
+        else:
+            return NOT_OURS
+        if self._parked and reaction.claimed:
+            return Reaction(reaction.outputs + tuple(self._unpark(now)), True)
+        return reaction
+
+    def tick(self, now: float) -> list[Output]:
+        """Handle every deadline that has passed."""
+        out: list[Output] = []
+        for eid, req in list(self._inflight.items()):
+            if req.kind == "delete":
+                d = self._deletes[req.item_id]
+                if d.deadline <= now:
+                    del self._inflight[eid]
+                    d.done = True
+                    out.append(self._delete_failed(d.item_id, ACK_TIMEOUT, "no answer to delete"))
+                continue
+            c = self._creates[req.item_id]
+            if c.deadline > now:
+                continue
+            del self._inflight[eid]
+            if req.kind == "create":
+                # ask the server instead of guessing: a lost ack and a lost
+                # request look the same from here
+                out.append(self._send_retrieve(c, now))
+            else:
+                out.extend(self._reject(c, ACK_TIMEOUT, "no acknowledgement and no retrieve answer"))
+        out.extend(self._unpark(now))
+        return out
+
+    def next_deadline(self) -> float | None:
+        deadlines = [self._deadline_of(r) for r in self._inflight.values()]
+        return min(deadlines) if deadlines else None
+
+    def abort(self, code: str = CONNECTION_RESET, message: str = "connection lost") -> list[Output]:
+        """Settle everything still in flight as failed (e.g. the socket closed)."""
+        out: list[Output] = []
+        for req in list(self._inflight.values()):
+            if req.kind == "delete":
+                self._deletes[req.item_id].done = True
+                out.append(self._delete_failed(req.item_id, code, message))
+            else:
+                out.extend(self._reject(self._creates[req.item_id], code, message))
+        self._inflight.clear()
+        for c in list(self._parked.values()):
+            out.extend(self._reject(c, code, message))
+        return out
+
+    def owns_item(self, item_id: str) -> bool:
+        return item_id in self._creates
+
+    def planned_item(self, item_id: str) -> Mapping[str, Any] | None:
+        c = self._creates.get(item_id)
+        return c.op.item if c else None
+
+    # -- acknowledgements ------------------------------------------------------
+
+    def _on_created(self, event: Mapping[str, Any]) -> Reaction:
+        item = event.get("item")
+        item_id = item.get("id") if isinstance(item, Mapping) else None
+        c = self._creates.get(item_id) if isinstance(item_id, str) else None
+        if c is None:
+            return NOT_OURS
+        if c.state is _State.CONFIRMED:
+            return Reaction(claimed=True)  # duplicate ack: already counted
+        prev = event.get("previous_item_id")
+        prev = prev if isinstance(prev, str) and prev != ROOT else None
+        out: list[Output] = []
+        # the server placed it after `prev`, so `prev` exists even if its own
+        # ack was dropped or is still on its way
+        if prev is not None and prev in self._creates:
+            out.extend(self._infer_present(self._creates[prev]))
+        out.extend(self._confirm(c, prev, "ack"))
+        return Reaction(tuple(out), claimed=True)
+
+    def _infer_present(self, c: _Create) -> list[Output]:
+        if c.state is _State.CONFIRMED:
+            return []
+        chain: list[_Create] = []
+        cur: _Create | None = c
+        while cur is not None and cur.state is not _State.CONFIRMED:
+            chain.append(cur)
+            nxt = cur.sent_prev
+            cur = self._creates.get(nxt) if nxt != ROOT else None
+        out: list[Output] = []
+        for item in reversed(chain):
+            out.extend(self._confirm(item, _none_if_root(item.sent_prev), "inferred"))
+        return out
+
+    def _on_deleted(self, event: Mapping[str, Any]) -> Reaction:
+        item_id = event.get("item_id")
+        d = self._deletes.get(item_id) if isinstance(item_id, str) else None
+        if d is None:
+            return NOT_OURS
+        if d.done:
+            return Reaction(claimed=True)
+        self._inflight.pop(d.event_id, None)
+        d.done = True
+        self.result.deleted.append(d.item_id)
+        return Reaction((ItemDeleted(d.item_id, "ack"),), claimed=True)
+
+    def _on_retrieved(self, event: Mapping[str, Any]) -> Reaction:
+        item = event.get("item")
+        item_id = item.get("id") if isinstance(item, Mapping) else None
+        c = self._creates.get(item_id) if isinstance(item_id, str) else None
+        if c is None or c.state is not _State.VERIFYING:
+            return NOT_OURS if c is None else Reaction(claimed=True)
+        self._inflight.pop(c.event_id, None)
+        return Reaction(tuple(self._confirm(c, _none_if_root(c.sent_prev), "retrieved")), True)
+
+    # -- errors ----------------------------------------------------------------
+
+    def _on_error(self, event: Mapping[str, Any], now: float) -> Reaction:
+        err = event.get("error")
+        if not isinstance(err, Mapping):
+            return NOT_OURS
+        code = str(err.get("code") or err.get("type") or "error")
+        message = str(err.get("message") or "")
+        param = err.get("param") if isinstance(err.get("param"), str) else None
+        event_id = err.get("event_id")
+        if isinstance(event_id, str) and event_id:
+            req = self._requests.get(event_id)
+            if req is None:
+                return NOT_OURS
+            if event_id not in self._inflight:
+                # the answer to a superseded attempt (or a duplicate error)
+                return Reaction(claimed=True)
+            matched_eid = event_id
+        else:
+            found = self._match_anonymous_error(code, message, param)
+            if found is None:
+                return NOT_OURS
+            matched_eid = found
+            req = self._inflight[matched_eid]
+        del self._inflight[matched_eid]
+        if req.kind == "delete":
+            return Reaction(tuple(self._delete_error(req.item_id, code, message)), True)
+        c = self._creates[req.item_id]
+        if req.kind == "retrieve":
+            reason = "its ack timed out and the server does not have it"
+            return Reaction(tuple(self._reject(c, ACK_TIMEOUT, reason)), True)
+        return Reaction(tuple(self._create_error(c, code, message, param, now)), True)
+
+    def _match_anonymous_error(self, code: str, message: str, param: str | None) -> str | None:
+        """Find which request an error without event_id answers.
+
+        The server answers in order, so it is the oldest unanswered request —
+        unless an id quoted in the message names another one.
+        """
+        if not self._inflight or not _looks_item_related(code, param):
+            return None
+        quoted = set(_QUOTED_ID.findall(message))
+        if quoted:
+            for eid, req in self._inflight.items():
+                c = self._creates.get(req.item_id) if req.kind != "delete" else None
+                if code == INVALID_PREVIOUS and c is not None and c.sent_prev in quoted:
+                    return eid
+                if code != INVALID_PREVIOUS and req.item_id in quoted:
+                    return eid
+        return next(iter(self._inflight))
+
+    def _create_error(
+        self, c: _Create, code: str, message: str, param: str | None, now: float
+    ) -> list[Output]:
+        if code == DUPLICATE_ID:
+            # already on the server, which is all the create wanted
+            return self._confirm(c, _none_if_root(c.sent_prev), "duplicate")
+        if code != INVALID_PREVIOUS:
+            return self._reject(c, code, message, param)
+        self._mark_absent(c.sent_prev, refused_at=c.sent_seq)
+        if c.attempts >= self._max_attempts:
+            return self._reject(c, TOO_MANY_ATTEMPTS, f"gave up after {c.attempts} attempts")
+        c.state, c.refused_seq = _State.PARKED, c.sent_seq
+        self._parked[c.op.item_id] = c
+        return self._unpark(now)
+
+    def _unpark(self, now: float) -> list[Output]:
+        """Send again every parked item whose anchor is now certain, in order."""
+        out: list[Output] = []
+        for item_id in list(self._parked):
+            c = self._parked[item_id]
+            anchor = self._anchor_for(c)
+            if anchor is None:
+                continue
+            del self._parked[item_id]
+            self.result.resends += 1
+            out.append(self._send_create(c, anchor, now))
+        return out
+
+    def _delete_error(self, item_id: str, code: str, message: str) -> list[Output]:
+        self._deletes[item_id].done = True
+        if code == DELETE_UNKNOWN:
+            self.result.deleted.append(item_id)
+            return [ItemDeleted(item_id, "absent")]
+        return [self._delete_failed(item_id, code, message)]
+
+    def _mark_absent(self, item_id: str, *, refused_at: int) -> None:
+        """The server did not have `item_id` when it processed our request number
+        `refused_at`. An attempt of ours sent after that request is still open."""
+        if item_id == ROOT:
+            return
+        c = self._creates.get(item_id)
+        if c is not None:
+            if c.state is not _State.CONFIRMED and c.sent_seq < refused_at:
+                c.known_absent = True
+        else:
+            self._absent_remote.add(item_id)
+
+    # -- chaining --------------------------------------------------------------
+
+    def _anchor_for(self, c: _Create) -> str | None:
+        """The nearest desired predecessor of a refused item that is certain to
+        be on the server when the item arrives again; None while that depends on
+        an answer still on its way.
+
+        Certain: confirmed, or sent again after the refused attempt (the server
+        handles it first, and if it fails, so does this one, and we come back).
+        """
+        seen: set[str] = set()
+        cur = c.op.after
+        while cur is not None and cur not in seen:
+            seen.add(cur)
+            other = self._creates.get(cur)
+            if other is not None:
+                if other.state is _State.CONFIRMED:
+                    return cur
+                in_flight = other.state in (_State.SENT, _State.VERIFYING)
+                if in_flight and other.sent_seq > c.refused_seq:
+                    return cur
+                if in_flight and not other.known_absent:
+                    return None  # its answer decides where this one goes
+                if other.state is _State.PARKED:
+                    return None  # goes out first; this one follows it
+                cur = other.op.after
+            elif cur in self._absent_remote or cur not in self._remote_prev:
+                # unknown to the mirror too: fall back to what precedes it there
+                cur = self._remote_prev.get(cur)
+            else:
+                return cur
+        return ROOT
+
+    # -- sending and settling --------------------------------------------------
+
+    def _send_create(self, c: _Create, anchor: str, now: float) -> SendEvent:
+        eid = self._new_event_id("create")
+        c.event_id, c.sent_prev, c.state = eid, anchor, _State.SENT
+        c.attempts += 1
+        self._seq += 1
+        c.sent_seq = self._seq
+        c.known_absent = False
+        c.deadline = now + self._ack_timeout
+        self._track(eid, _Request("create", c.op.item_id))
+        return SendEvent(
+            {
+                "type": "conversation.item.create",
+                "event_id": eid,
+                "previous_item_id": anchor,
+                "item": dict(c.op.item),
+            }
+        )
+
+    def _send_retrieve(self, c: _Create, now: float) -> SendEvent:
+        eid = self._new_event_id("retrieve")
+        c.event_id, c.state = eid, _State.VERIFYING
+        c.deadline = now + self._verify_timeout
+        self._track(eid, _Request("retrieve", c.op.item_id))
+        return SendEvent({"type": "conversation.item.retrieve", "event_id": eid, "item_id": c.op.item_id})
+
+    def _send_delete(self, d: _Delete, now: float) -> SendEvent:
+        eid = self._new_event_id("delete")
+        d.event_id, d.deadline = eid, now + self._ack_timeout
+        self._track(eid, _Request("delete", d.item_id))
+        return SendEvent({"type": "conversation.item.delete", "event_id": eid, "item_id": d.item_id})
+
+    def _track(self, eid: str, req: _Request) -> None:
+        self._requests[eid] = req
+        self._inflight[eid] = req
+        self.result.events_sent += 1
+
+    def _confirm(self, c: _Create, prev: str | None, how: Any) -> list[Output]:
+        if c.state is _State.CONFIRMED:
+            return []
+        self._inflight.pop(c.event_id, None)
+        self._parked.pop(c.op.item_id, None)
+        was_rejected = c.state is _State.REJECTED
+        c.state, c.known_absent = _State.CONFIRMED, False
+        if was_rejected:
+            # a late answer proved it there after all
+            self.result.rejected = [r for r in self.result.rejected if r.item_id != c.op.item_id]
+        self.result.confirmed.append(c.op.item_id)
+        return [ItemConfirmed(c.op.item_id, prev, c.op.item, how)]
+
+    def _reject(self, c: _Create, code: str, message: str, param: str | None = None) -> list[Output]:
+        if c.state in (_State.CONFIRMED, _State.REJECTED):
+            return []
+        self._inflight.pop(c.event_id, None)
+        self._parked.pop(c.op.item_id, None)
+        c.state = _State.REJECTED
+        rej = ItemRejected(c.op.item_id, code, message, param)
+        self.result.rejected.append(rej)
+        return [rej]
+
+    def _delete_failed(self, item_id: str, code: str, message: str) -> DeleteFailed:
+        f = DeleteFailed(item_id, code, message)
+        self.result.delete_failed.append(f)
+        return f
+
+    def _deadline_of(self, req: _Request) -> float:
+        if req.kind == "delete":
+            return self._deletes[req.item_id].deadline
+        return self._creates[req.item_id].deadline
+
+
+def _none_if_root(item_id: str) -> str | None:
+    return None if item_id == ROOT else item_id
+
+
+def _looks_item_related(code: str, param: str | None) -> bool:
+    if code.startswith(_ITEM_ERROR_PREFIXES):
+        return True
+    return bool(param) and str(param).startswith(_ITEM_PARAM_PREFIX)
+
+
+def plan_creates(items: Iterable[tuple[str | None, Mapping[str, Any]]]) -> list[CreateOp]:
+    """Build create ops from (desired predecessor id, wire item) pairs."""
+    return [CreateOp(item=item, after=after) for after, item in items]

@@ -1,0 +1,113 @@
+"""Fault knobs of the realtime emulator: rejections, lost / duplicated / reordered /
+late acknowledgements, errors without ``event_id``, disconnects and latency.
+
+A :class:`FaultConfig` lives on each emulator (``emulator.faults``) and is read on
+every client event, so a test can change it at any time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["AckMatch", "FaultConfig", "ItemMatch", "RejectRule", "item_text"]
+
+ItemMatch = Callable[[dict[str, Any], dict[str, Any]], bool]
+"""``(item, client_event) -> bool`` for a ``conversation.item.create``."""
+
+AckMatch = Callable[[str, dict[str, Any]], bool]
+"""``(item_id, ack_event) -> bool``; acks are ``conversation.item.created`` (beta),
+``conversation.item.added`` + ``conversation.item.done`` (ga, one unit) and
+``conversation.item.deleted``."""
+
+
+def item_text(item: dict[str, Any]) -> str:
+    """All text an item carries (message text / transcripts, call arguments, outputs)."""
+    parts: list[str] = []
+    for part in item.get("content") or ():
+        if isinstance(part, dict):
+            for key in ("text", "transcript"):
+                value = part.get(key)
+                if isinstance(value, str):
+                    parts.append(value)
+    for key in ("arguments", "output", "name"):
+        value = item.get(key)
+        if isinstance(value, str):
+            parts.append(value)
+    return "\n".join(parts)
+
+
+class RejectRule(BaseModel):
+    """Reject every ``conversation.item.create`` whose item ``match`` selects.
+
+    The server answers an ``error`` event shaped like the real ones and does not add the
+    item; built-in provider rules run first, so a malformed item keeps its own error.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    match: ItemMatch
+    code: str = "invalid_value"
+    message: str = "The item was rejected by an emulator reject rule."
+    param: str | None = None
+    type: str = "invalid_request_error"
+    once: bool = False
+    """Drop the rule after its first rejection (a transient failure)."""
+
+    @classmethod
+    def text_contains(cls, marker: str, **kwargs: Any) -> RejectRule:
+        """Reject the items whose text (see :func:`item_text`) contains ``marker``."""
+        return cls(match=lambda item, _event: marker in item_text(item), **kwargs)
+
+    @classmethod
+    def item_id(cls, item_id: str, **kwargs: Any) -> RejectRule:
+        """Reject the item with this id."""
+        return cls(match=lambda item, _event: item.get("id") == item_id, **kwargs)
+
+
+class FaultConfig(BaseModel):
+    """Runtime-adjustable faults of one emulator (all off by default)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, validate_assignment=True)
+
+    reject: list[RejectRule] = Field(default_factory=list)
+    """Extra rejection rules for ``conversation.item.create``."""
+
+    drop_acks: AckMatch | bool = False
+    """Never send the selected acks (the server still applies the change)."""
+
+    duplicate_acks: AckMatch | bool = False
+    """Send the selected acks twice."""
+
+    reorder_acks: int = Field(default=0, ge=0)
+    """Hold acks and release each window of this many in reverse order (0/1: off).
+    A window that does not fill is released after ``reorder_flush_s``, or as soon as a
+    client event other than an item create / delete arrives."""
+
+    reorder_flush_s: float = Field(default=0.05, ge=0)
+
+    ack_delay: float = Field(default=0.0, ge=0)
+    """Seconds each ack is sent late; other events overtake it."""
+
+    error_event_ids: bool = True
+    """False: errors carry ``error.event_id: null`` (the rejection itself still happens)."""
+
+    disconnect_after: int | None = Field(default=None, ge=1)
+    """Close the websocket once a session has received this many client events (once:
+    the knob resets to None when it fires)."""
+
+    latency: float = Field(default=0.0, ge=0)
+    """Round-trip latency: every reply is sent ``latency`` seconds after the client event
+    it answers was received, without serializing events."""
+
+    hold_responses: bool = False
+    """Keep responses active after ``response.created`` until ``release_responses()``
+    (to exercise ``response.cancel`` and ``conversation_already_has_active_response``)."""
+
+    def selects(self, knob: AckMatch | bool, item_id: str, ack: dict[str, Any]) -> bool:
+        """Whether an ack knob (``True`` / predicate) applies to this ack."""
+        if isinstance(knob, bool):
+            return knob
+        return bool(knob(item_id, ack))
