@@ -6,12 +6,15 @@ server events and the current time, and it answers with what to do — client
 events to send, and what it learnt about each item. One engine serves one
 chat-context update on one realtime connection.
 
-Why re-chain: livekit chains every created item to the previous *local* id.
-When the server rejects one item, every item chained behind it is rejected too
-(`item_create_invalid_previous_item_id`). Here each item is first sent chained
-to its desired predecessor (pipelined: one round trip when nothing fails); when
-the server says a predecessor does not exist, the item is sent again chained
-to the nearest earlier item that the server has or may still accept — so a
+Why: livekit chains every created item to the previous *local* id. When the
+server rejects one item, every item chained behind it is rejected too
+(`item_create_invalid_previous_item_id`). Here items that go at the end of the
+conversation — all of a history replay — are appended unchained in send order
+(the server handles events in order), so a rejection costs exactly that item
+and no round trip. Items that go between existing ones must be anchored with
+`previous_item_id`: they are sent pipelined, anchored to their desired
+predecessor, and when the server says an anchor does not exist the item is sent
+again anchored to the nearest earlier item certain to be there — again, a
 rejection costs exactly that item.
 """
 
@@ -159,7 +162,8 @@ class _Create:
     op: CreateOp
     state: _State = _State.SENT
     event_id: str = ""
-    sent_prev: str = ROOT
+    # the previous_item_id of the current attempt; None: appended at the tail
+    sent_prev: str | None = None
     attempts: int = 0
     sent_seq: int = 0  # send order of the current attempt
     deadline: float = 0.0
@@ -248,10 +252,26 @@ class ReplayEngine:
         out: list[Output] = []
         for d in self._deletes.values():
             out.append(self._send_delete(d, now))
+        tail = self._tail_after_deletes()
+        appending = True
         for c in self._creates.values():
-            # optimistic: every desired predecessor is sent before its successor
-            out.append(self._send_create(c, c.op.after or ROOT, now))
+            # Items that go at the end are appended in send order, unchained: a
+            # rejected one then cannot take the ones after it down. Items that go
+            # between existing ones are anchored (optimistically to their desired
+            # predecessor, which is sent before them) and re-chained on refusal.
+            appending = appending and c.op.after == tail
+            if appending:
+                out.append(self._send_create(c, None, now))
+                tail = c.op.item_id
+            else:
+                out.append(self._send_create(c, c.op.after or ROOT, now))
         return out
+
+    def _tail_after_deletes(self) -> str | None:
+        for rid in reversed(list(self._remote_prev)):
+            if rid not in self._deletes:
+                return rid
+        return None
 
     def receive(self, event: Mapping[str, Any], now: float) -> Reaction:
         """Feed one server event (any type; events not about our items are ignored)."""
@@ -346,12 +366,20 @@ class ReplayEngine:
         cur: _Create | None = c
         while cur is not None and cur.state is not _State.CONFIRMED:
             chain.append(cur)
-            nxt = cur.sent_prev
-            cur = self._creates.get(nxt) if nxt != ROOT else None
+            # only an anchored attempt proves its anchor; an append proves nothing
+            nxt = _none_if_root(cur.sent_prev) if cur.sent_prev is not None else None
+            cur = self._creates.get(nxt) if nxt is not None else None
         out: list[Output] = []
         for item in reversed(chain):
-            out.extend(self._confirm(item, _none_if_root(item.sent_prev), "inferred"))
+            out.extend(self._confirm(item, self._placed_after(item), "inferred"))
         return out
+
+    def _placed_after(self, c: _Create) -> str | None:
+        """Where the current attempt of `c` lands: its anchor, or for an append
+        the item appended before it (what it was planned to follow)."""
+        if c.sent_prev is None:
+            return c.op.after
+        return _none_if_root(c.sent_prev)
 
     def _on_deleted(self, event: Mapping[str, Any]) -> Reaction:
         item_id = event.get("item_id")
@@ -372,7 +400,7 @@ class ReplayEngine:
         if c is None or c.state is not _State.VERIFYING:
             return NOT_OURS if c is None else Reaction(claimed=True)
         self._inflight.pop(c.event_id, None)
-        return Reaction(tuple(self._confirm(c, _none_if_root(c.sent_prev), "retrieved")), True)
+        return Reaction(tuple(self._confirm(c, self._placed_after(c), "retrieved")), True)
 
     # -- errors ----------------------------------------------------------------
 
@@ -419,7 +447,8 @@ class ReplayEngine:
         if quoted:
             for eid, req in self._inflight.items():
                 c = self._creates.get(req.item_id) if req.kind != "delete" else None
-                if code == INVALID_PREVIOUS and c is not None and c.sent_prev in quoted:
+                chained = c is not None and req.kind == "create" and c.sent_prev in quoted
+                if code == INVALID_PREVIOUS and chained:
                     return eid
                 if code != INVALID_PREVIOUS and req.item_id in quoted:
                     return eid
@@ -430,8 +459,8 @@ class ReplayEngine:
     ) -> list[Output]:
         if code == DUPLICATE_ID:
             # already on the server, which is all the create wanted
-            return self._confirm(c, _none_if_root(c.sent_prev), "duplicate")
-        if code != INVALID_PREVIOUS:
+            return self._confirm(c, self._placed_after(c), "duplicate")
+        if code != INVALID_PREVIOUS or c.sent_prev is None:
             return self._reject(c, code, message, param)
         self._mark_absent(c.sent_prev, refused_at=c.sent_seq)
         if c.attempts >= self._max_attempts:
@@ -507,7 +536,7 @@ class ReplayEngine:
 
     # -- sending and settling --------------------------------------------------
 
-    def _send_create(self, c: _Create, anchor: str, now: float) -> SendEvent:
+    def _send_create(self, c: _Create, anchor: str | None, now: float) -> SendEvent:
         eid = self._new_event_id("create")
         c.event_id, c.sent_prev, c.state = eid, anchor, _State.SENT
         c.attempts += 1
@@ -516,14 +545,11 @@ class ReplayEngine:
         c.known_absent = False
         c.deadline = now + self._ack_timeout
         self._track(eid, _Request("create", c.op.item_id))
-        return SendEvent(
-            {
-                "type": "conversation.item.create",
-                "event_id": eid,
-                "previous_item_id": anchor,
-                "item": dict(c.op.item),
-            }
-        )
+        event: dict[str, Any] = {"type": "conversation.item.create", "event_id": eid}
+        if anchor is not None:
+            event["previous_item_id"] = anchor
+        event["item"] = dict(c.op.item)
+        return SendEvent(event)
 
     def _send_retrieve(self, c: _Create, now: float) -> SendEvent:
         eid = self._new_event_id("retrieve")

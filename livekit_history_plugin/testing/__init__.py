@@ -1,0 +1,56 @@
+"""Offline testing tools: a strict local OpenAI / Azure OpenAI Realtime API emulator and
+the validation of realtime client events against the ``openai`` SDK models.
+
+Example::
+
+    from livekit_history_plugin.testing import RealtimeEmulator
+
+    async with RealtimeEmulator() as emu:
+        model = emu.realtime_model("azure", modalities=["text"])  # Azure legacy / beta
+        ...
+        assert emu.last_session.texts() == [("user", "hello"), ...]
+"""
+
+from ._faults import AckMatch, FaultConfig, ItemMatch, RejectRule, item_text
+from .emulator import (
+    ConversationView,
+    EmulatorSession,
+    RealtimeEmulator,
+    ReceivedEvent,
+    ResponseRecord,
+    SdkValidationFailure,
+    SentEvent,
+    default_reply,
+)
+from .validate import (
+    Dialect,
+    ProviderError,
+    provider_event_error,
+    provider_item_error,
+    sdk_event_error,
+    validate_client_event,
+    validate_server_event,
+)
+
+__all__ = [
+    "AckMatch",
+    "ConversationView",
+    "Dialect",
+    "EmulatorSession",
+    "FaultConfig",
+    "ItemMatch",
+    "ProviderError",
+    "RealtimeEmulator",
+    "ReceivedEvent",
+    "RejectRule",
+    "ResponseRecord",
+    "SdkValidationFailure",
+    "SentEvent",
+    "default_reply",
+    "item_text",
+    "provider_event_error",
+    "provider_item_error",
+    "sdk_event_error",
+    "validate_client_event",
+    "validate_server_event",
+]

@@ -154,7 +154,9 @@ def _quote_list(values: Sequence[str]) -> str:
 
 def missing(param: str) -> ProviderError:
     """``missing_required_parameter``, e.g. "Missing required parameter: 'item.type'."."""
-    return ProviderError("missing_required_parameter", f"Missing required parameter: '{param}'.", param)
+    return ProviderError(
+        "missing_required_parameter", f"Missing required parameter: '{param}'.", param
+    )
 
 
 def invalid_enum(param: str, value: Any, supported: Sequence[str]) -> ProviderError:
@@ -218,7 +220,9 @@ def provider_event_error(event: Any, dialect: Dialect) -> ProviderError | None:
     return None
 
 
-def provider_item_error(item: Any, dialect: Dialect, *, param: str = "item") -> ProviderError | None:
+def provider_item_error(
+    item: Any, dialect: Dialect, *, param: str = "item"
+) -> ProviderError | None:
     """The server's stateless checks of one ``conversation.item.create`` item.
 
     Stateful rules (duplicate id, unknown ``previous_item_id``, a ``function_call_output``
@@ -391,7 +395,9 @@ def _pydantic_to_provider(event: Any, err: Any) -> ProviderError:
         return missing(param or "?")
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
-        supported = [s.strip().strip("'") for s in expected.replace(" or ", ", ").split(",") if s.strip()]
+        supported = [
+            s.strip().strip("'") for s in expected.replace(" or ", ", ").split(",") if s.strip()
+        ]
         return invalid_enum(param or "?", err.get("input"), supported)
     if kind.endswith("_type") or kind in ("model_type", "model_attributes_type", "list_type"):
         expected = {
@@ -477,5 +483,6 @@ def validate_server_event(event: Mapping[str, Any], dialect: Dialect) -> None:
     try:
         model.model_validate(dict(event))
     except ValidationError as exc:
-        raise ValueError(f"{event.get('type')!r} server event ({dialect}) is invalid: {exc}") from exc
-
+        raise ValueError(
+            f"{event.get('type')!r} server event ({dialect}) is invalid: {exc}"
+        ) from exc

@@ -147,13 +147,31 @@ def test_clean_replay_is_one_round_trip() -> None:
     assert all(isinstance(o, ItemConfirmed) and o.how == "ack" for o in outs)
 
 
-def test_one_rejection_costs_one_item_in_two_round_trips() -> None:
+def _invalid_previous_errors(outs: list[Any]) -> int:
+    return sum(1 for o in outs if isinstance(o, ItemRejected) and o.code == INVALID_PREVIOUS)
+
+
+def test_one_rejection_at_the_tail_costs_one_item_and_no_round_trip() -> None:
     server = Server(reject=lambda item: "policy_violation" if item["id"] == "m100" else None)
     engine = ReplayEngine(chain(200))
+    rounds, outs = run(engine, server)
+    assert rounds == 1
+    assert server.items == [f"m{i}" for i in range(200) if i != 100]
+    assert [r.item_id for r in engine.result.rejected] == ["m100"]
+    assert engine.result.resends == 0
+    assert _invalid_previous_errors(outs) == 0
+
+
+def test_one_rejection_mid_conversation_is_rechained_in_two_round_trips() -> None:
+    # inserted between existing items, so each is anchored explicitly; the
+    # items behind the refused one are re-chained onto the last one that landed
+    server = Server(
+        items=["a", "z"], reject=lambda item: "policy_violation" if item["id"] == "m100" else None
+    )
+    engine = ReplayEngine(chain(200, after="a"), remote_order=["a", "z"])
     rounds, _ = run(engine, server)
     assert rounds == 2
-    expected = [f"m{i}" for i in range(200) if i != 100]
-    assert server.items == expected
+    assert server.items == ["a"] + [f"m{i}" for i in range(200) if i != 100] + ["z"]
     assert [r.item_id for r in engine.result.rejected] == ["m100"]
     assert engine.result.resends == 99
 
@@ -267,6 +285,7 @@ def test_abort_settles_everything() -> None:
     duplicates=st.booleans(),
     dropped=st.sets(st.integers(min_value=0, max_value=39), max_size=5),
     existing=st.integers(min_value=0, max_value=3),
+    middle=st.booleans(),
     seed=st.integers(min_value=0, max_value=10_000),
     shuffle=st.booleans(),
 )
@@ -277,6 +296,7 @@ def test_every_valid_item_lands_in_order(
     duplicates: bool,
     dropped: set[int],
     existing: int,
+    middle: bool,
     seed: int,
     shuffle: bool,
 ) -> None:
@@ -289,12 +309,13 @@ def test_every_valid_item_lands_in_order(
         duplicate_acks=duplicates,
         drop_ack=lambda item_id: item_id in {f"m{i}" for i in dropped},
     )
-    engine = ReplayEngine(
-        chain(n, after=remote[-1] if remote else None), remote_order=remote
-    )
+    # middle: inserted after the first remote item, before the others
+    cut = 1 if middle and remote else len(remote)
+    anchor = remote[cut - 1] if cut else None
+    engine = ReplayEngine(chain(n, after=anchor), remote_order=remote)
     run(engine, server, shuffle_replies=random.Random(seed) if shuffle else None)
-    expected = remote + [f"m{i}" for i in range(n) if f"m{i}" not in bad]
-    assert server.items == expected
-    assert sorted(engine.result.confirmed) == sorted(expected[len(remote):])
+    created = [f"m{i}" for i in range(n) if f"m{i}" not in bad]
+    assert server.items == remote[:cut] + created + remote[cut:]
+    assert sorted(engine.result.confirmed) == sorted(created)
     assert {r.item_id for r in engine.result.rejected} == bad & {f"m{i}" for i in range(n)}
     assert engine.done

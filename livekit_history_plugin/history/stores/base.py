@@ -200,18 +200,21 @@ def purge_cutoff(age: timedelta, now: datetime | None) -> datetime:
     return base - age
 
 
-def storable(turn: Turn, store: str) -> str:
-    """The turn's text as written by every backend, warning when it changed."""
-    text, removed = storable_text(turn.text)
+def storable(text: str, store: str, what: str) -> str:
+    """Text as written by every backend (see `storable_text`), warning when it changed.
+
+    `what` names the row for the warning, e.g. "turn c1:3 of user 'u1'".
+    """
+    cleaned, removed = storable_text(text)
     if removed:
         logger.warning(
-            "%s: removed %d control characters from turn %s of user %r before storing",
-            store,
-            removed,
-            turn.idempotency_key,
-            turn.user_id,
+            "%s: removed %d control characters from %s before storing", store, removed, what
         )
-    return text
+    return cleaned
+
+
+def storable_turn_text(turn: Turn, store: str) -> str:
+    return storable(turn.text, store, f"turn {turn.idempotency_key} of user {turn.user_id!r}")
 
 
 def redact_url(url: str) -> str:

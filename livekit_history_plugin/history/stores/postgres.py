@@ -1,0 +1,521 @@
+"""PostgreSQL history store on asyncpg.
+
+- A connection pool; asyncpg prepares and caches every statement per
+  connection (behind PgBouncer in transaction mode pass
+  `?statement_cache_size=0`).
+- Tables live in their own schema (`?schema=`, default `livekit_history`),
+  created on first open when missing (needs CREATE on the database, or create
+  the schema beforehand).
+- Migrations run in one transaction under a transaction-scoped advisory lock
+  keyed on the schema, so any number of workers may start at once; a worker
+  that finds the schema current does not take the lock.
+- Latest-N of a user is one scan of the `turns_latest` index
+  (user_id, created_at DESC, conversation_id DESC, seq DESC, idem_key DESC).
+- Appends are one `INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING`
+  statement: atomic and idempotent, one round trip per batch.
+- A dropped connection (server restart, failover) raises
+  `StoreUnavailableError`; each operation is retried once on a fresh
+  connection first, which is safe because every operation is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ...log import logger
+from ..models import (
+    ConversationInfo,
+    Fact,
+    StoreStats,
+    Summary,
+    Turn,
+    fact_from_record,
+    summary_from_record,
+    turn_from_record,
+)
+from .base import (
+    HistoryStore,
+    MissingDriverError,
+    PurgeProgress,
+    StoreError,
+    StoreUnavailableError,
+    check_limit,
+    purge_cutoff,
+    redact_url,
+    storable,
+    storable_turn_text,
+)
+from .migrations.postgres import LATEST, MIGRATIONS
+
+if TYPE_CHECKING:
+    import asyncpg
+
+T = TypeVar("T")
+
+DEFAULT_SCHEMA = "livekit_history"
+_SCHEMA_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_PURGE_BATCH = 5_000
+_TURN_COLUMNS = (
+    "user_id, conversation_id, seq, role, text, created_at, source, agent_id, item_id, "
+    "interrupted, idem_key"
+)
+
+
+def require_asyncpg() -> Any:
+    try:
+        import asyncpg
+    except ImportError as e:
+        raise MissingDriverError(
+            "the PostgreSQL history store needs asyncpg: "
+            "pip install 'livekit-history-plugin[postgres]'"
+        ) from e
+    return asyncpg
+
+
+def check_schema_name(schema: str) -> str:
+    if not _SCHEMA_RE.fullmatch(schema):
+        raise ValueError(
+            f"invalid PostgreSQL schema name {schema!r}: use letters, digits and _ (max 63)"
+        )
+    return schema
+
+
+class SchemaTooNewError(StoreError):
+    """The database was migrated by a newer plugin release."""
+
+
+class PostgresStore(HistoryStore):
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        pool_min: int = 1,
+        pool_max: int = 10,
+        command_timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        statement_cache_size: int = 100,
+        url: str | None = None,
+    ) -> None:
+        self._asyncpg = require_asyncpg()
+        if not 0 <= pool_min <= pool_max or pool_max < 1:
+            raise ValueError("need 0 <= pool_min <= pool_max and pool_max >= 1")
+        self._dsn = dsn
+        self.schema = check_schema_name(schema)
+        self.url = redact_url(url or dsn)
+        self._q = f'"{schema}"'
+        self._pool_min, self._pool_max = pool_min, pool_max
+        self._command_timeout = command_timeout
+        self._connect_timeout = connect_timeout
+        self._statement_cache_size = statement_cache_size
+        self._pool: asyncpg.Pool | None = None
+        self._open_lock = asyncio.Lock()
+        exc = self._asyncpg.exceptions
+        # errors that mean "the server or the connection went away": retryable
+        self._unavailable: tuple[type[BaseException], ...] = (
+            OSError,
+            asyncio.TimeoutError,
+            exc.PostgresConnectionError,
+            exc.OperatorInterventionError,
+            exc.TooManyConnectionsError,
+            exc.CannotConnectNowError,
+        )
+        self._sql = _Statements(self._q)
+
+    # -- lifecycle ----------------------------------------------------------------
+    async def open(self) -> None:
+        async with self._open_lock:
+            if self._pool is not None:
+                return
+            try:
+                pool = await self._asyncpg.create_pool(
+                    self._dsn,
+                    min_size=self._pool_min,
+                    max_size=self._pool_max,
+                    command_timeout=self._command_timeout,
+                    timeout=self._connect_timeout,
+                    statement_cache_size=self._statement_cache_size,
+                    server_settings={"application_name": "livekit-history-plugin"},
+                )
+            except BaseException as e:
+                err = self._error("open", e)
+                if err is e:
+                    raise
+                raise err from e
+            self._pool = pool
+            try:
+                await self._run("migrate", self._migrate, retry=False)
+            except BaseException:
+                self._pool = None
+                await _close_pool(pool)
+                raise
+
+    async def close(self) -> None:
+        async with self._open_lock:
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                await _close_pool(pool)
+
+    # -- plumbing -------------------------------------------------------------------
+    async def _run(
+        self,
+        op: str,
+        fn: Callable[[asyncpg.Connection], Awaitable[T]],
+        *,
+        retry: bool = True,
+    ) -> T:
+        pool = self._pool
+        if pool is None:
+            raise StoreError(f"{self.url}: {op} on a store that is not open", store=self.url)
+        attempts = 2 if retry else 1
+        for attempt in range(attempts):
+            try:
+                async with pool.acquire(timeout=self._connect_timeout) as conn:
+                    return await fn(conn)
+            except BaseException as e:
+                err = self._error(op, e)
+                if isinstance(err, StoreUnavailableError) and attempt + 1 < attempts:
+                    # pooled connections die together on a server restart: replace
+                    # them all and retry once (every operation is idempotent)
+                    logger.debug("%s: %s, retrying on a fresh connection", self.url, err)
+                    await pool.expire_connections()
+                    continue
+                if err is e:
+                    raise
+                raise err from e
+        raise AssertionError("unreachable")
+
+    def _error(self, op: str, e: BaseException) -> BaseException:
+        """Map a driver error to StoreUnavailableError / StoreError; others pass as-is."""
+        exc = self._asyncpg.exceptions
+        if isinstance(e, StoreError):
+            return e
+        if isinstance(e, self._unavailable) or (
+            isinstance(e, exc.InterfaceError) and "closed" in str(e)
+        ):
+            return StoreUnavailableError.wrap(self.url, op, e)
+        if isinstance(e, (exc.PostgresError, exc.InterfaceError, exc.InternalClientError)):
+            return StoreError.wrap(self.url, op, e)
+        return e
+
+    async def _migrate(self, conn: asyncpg.Connection) -> None:
+        q = self._q
+        if await _schema_version(conn, self.schema) == LATEST:
+            return
+        async with conn.transaction():
+            # serializes concurrent migrators: the second one finds the work done
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(self.schema))
+            exists = await conn.fetchval(
+                "SELECT 1 FROM pg_namespace WHERE nspname = $1", self.schema
+            )
+            if not exists:
+                await conn.execute(f"CREATE SCHEMA {q}")
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {q}.schema_version (version integer PRIMARY KEY, "
+                "description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            current = await conn.fetchval(
+                f"SELECT coalesce(max(version), 0) FROM {q}.schema_version"
+            )
+            if current > LATEST:
+                raise SchemaTooNewError(
+                    f"{self.url}: schema {self.schema} is at version {current}, newer than "
+                    f"this livekit-history-plugin supports ({LATEST}): upgrade the plugin",
+                    store=self.url,
+                    op="migrate",
+                )
+            await apply_migrations(conn, self.schema, current, LATEST)
+
+    # -- turns ----------------------------------------------------------------------
+    async def append(self, turns: Sequence[Turn]) -> int:
+        if not turns:
+            return 0
+        columns: list[list[Any]] = [[] for _ in range(11)]
+        for t in turns:
+            row = (
+                t.user_id,
+                t.idempotency_key,
+                t.conversation_id,
+                t.seq,
+                t.role.value,
+                storable_turn_text(t, self.url),
+                t.created_at,
+                t.source.value,
+                t.agent_id,
+                t.item_id,
+                t.interrupted,
+            )
+            for col, value in zip(columns, row, strict=True):
+                col.append(value)
+
+        async def fn(conn: asyncpg.Connection) -> int:
+            status: str = await conn.execute(self._sql.append, *columns)
+            return int(status.rsplit(" ", 1)[-1])
+
+        return await self._run("append", fn)
+
+    async def load_latest(
+        self, user_id: str, limit: int, *, before: datetime | None = None
+    ) -> list[Turn]:
+        check_limit(limit)
+        if limit == 0:
+            return []
+
+        async def fn(conn: asyncpg.Connection) -> list[Any]:
+            if before is None:
+                return list(await conn.fetch(self._sql.latest, user_id, limit))
+            return list(await conn.fetch(self._sql.latest_before, user_id, before, limit))
+
+        rows = await self._run("load_latest", fn)
+        turns = (
+            turn_from_record(
+                {k: row[k] for k in row.keys() if k != "idem_key"},
+                where=f"{self.url} {self.schema}.turns (user_id={user_id!r}, "
+                f"idem_key={row['idem_key']!r})",
+                user_id=user_id,
+            )
+            for row in reversed(rows)
+        )
+        return [t for t in turns if t is not None]
+
+    async def count_turns(self, user_id: str) -> int:
+        async def fn(conn: asyncpg.Connection) -> int:
+            return int(
+                await conn.fetchval(
+                    f"SELECT count(*) FROM {self._q}.turns WHERE user_id = $1", user_id
+                )
+            )
+
+        return await self._run("count_turns", fn)
+
+    async def list_conversations(self, user_id: str) -> list[ConversationInfo]:
+        async def fn(conn: asyncpg.Connection) -> list[Any]:
+            return list(
+                await conn.fetch(
+                    f"SELECT conversation_id, min(created_at) AS started_at, "
+                    f"max(created_at) AS ended_at, count(*) AS turn_count FROM {self._q}.turns "
+                    "WHERE user_id = $1 GROUP BY conversation_id ORDER BY 2, 1",
+                    user_id,
+                )
+            )
+
+        return [
+            ConversationInfo(user_id=user_id, **dict(row))
+            for row in await self._run("list_conversations", fn)
+        ]
+
+    async def list_users(self) -> list[str]:
+        async def fn(conn: asyncpg.Connection) -> list[str]:
+            rows = await conn.fetch(
+                f"SELECT user_id FROM {self._q}.turns UNION SELECT user_id FROM "
+                f"{self._q}.summaries UNION SELECT user_id FROM {self._q}.facts"
+            )
+            return [r[0] for r in rows]
+
+        return sorted(await self._run("list_users", fn))
+
+    # -- deletion ---------------------------------------------------------------------
+    async def delete_user(self, user_id: str) -> int:
+        async def fn(conn: asyncpg.Connection) -> int:
+            async with conn.transaction():
+                status: str = await conn.execute(
+                    f"DELETE FROM {self._q}.turns WHERE user_id = $1", user_id
+                )
+                await conn.execute(f"DELETE FROM {self._q}.summaries WHERE user_id = $1", user_id)
+                await conn.execute(f"DELETE FROM {self._q}.facts WHERE user_id = $1", user_id)
+            return int(status.rsplit(" ", 1)[-1])
+
+        return await self._run("delete_user", fn)
+
+    async def purge_older_than(
+        self,
+        age: timedelta,
+        *,
+        now: datetime | None = None,
+        progress: PurgeProgress | None = None,
+    ) -> int:
+        cutoff = purge_cutoff(age, now)
+
+        async def fn(conn: asyncpg.Connection) -> int:
+            status: str = await conn.execute(self._sql.purge, cutoff, _PURGE_BATCH)
+            return int(status.rsplit(" ", 1)[-1])
+
+        # short transactions: live appends never wait on the whole purge
+        total = 0
+        while True:
+            n = await self._run("purge_older_than", fn)
+            total += n
+            if progress is not None and n:
+                progress(total)
+            if n < _PURGE_BATCH:
+                return total
+
+    # -- summary and facts --------------------------------------------------------------
+    async def save_summary(self, summary: Summary) -> None:
+        text = storable(summary.text, self.url, f"summary of user {summary.user_id!r}")
+
+        async def fn(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                f"INSERT INTO {self._q}.summaries (user_id, text, covers_until, turn_count, "
+                "created_at, method) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_id) DO "
+                "UPDATE SET text = excluded.text, covers_until = excluded.covers_until, "
+                "turn_count = excluded.turn_count, created_at = excluded.created_at, "
+                "method = excluded.method",
+                summary.user_id,
+                text,
+                summary.covers_until,
+                summary.turn_count,
+                summary.created_at,
+                summary.method,
+            )
+
+        await self._run("save_summary", fn)
+
+    async def load_summary(self, user_id: str) -> Summary | None:
+        async def fn(conn: asyncpg.Connection) -> Any:
+            return await conn.fetchrow(
+                f"SELECT user_id, text, covers_until, turn_count, created_at, method "
+                f"FROM {self._q}.summaries WHERE user_id = $1",
+                user_id,
+            )
+
+        row = await self._run("load_summary", fn)
+        if row is None:
+            return None
+        return summary_from_record(
+            dict(row), where=f"{self.url} {self.schema}.summaries user_id={user_id!r}"
+        )
+
+    async def save_fact(self, fact: Fact) -> None:
+        text = storable(fact.text, self.url, f"fact {fact.key!r} of user {fact.user_id!r}")
+
+        async def fn(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                f"INSERT INTO {self._q}.facts (user_id, key, text, created_at) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT (user_id, key) DO UPDATE SET "
+                "text = excluded.text, created_at = excluded.created_at",
+                fact.user_id,
+                fact.key,
+                text,
+                fact.created_at,
+            )
+
+        await self._run("save_fact", fn)
+
+    async def load_facts(self, user_id: str) -> list[Fact]:
+        async def fn(conn: asyncpg.Connection) -> list[Any]:
+            return list(
+                await conn.fetch(
+                    f"SELECT user_id, key, text, created_at FROM {self._q}.facts "
+                    "WHERE user_id = $1 ORDER BY created_at, key",
+                    user_id,
+                )
+            )
+
+        facts = (
+            fact_from_record(
+                dict(row),
+                where=f"{self.url} {self.schema}.facts user_id={user_id!r} key={row['key']!r}",
+            )
+            for row in await self._run("load_facts", fn)
+        )
+        return [f for f in facts if f is not None]
+
+    async def delete_fact(self, user_id: str, key: str) -> bool:
+        async def fn(conn: asyncpg.Connection) -> bool:
+            status: str = await conn.execute(
+                f"DELETE FROM {self._q}.facts WHERE user_id = $1 AND key = $2", user_id, key
+            )
+            return status != "DELETE 0"
+
+        return await self._run("delete_fact", fn)
+
+    async def stats(self) -> StoreStats:
+        q = self._q
+
+        async def fn(conn: asyncpg.Connection) -> StoreStats:
+            # one snapshot for every count
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                row = await conn.fetchrow(
+                    f"""SELECT
+                        (SELECT count(*) FROM (SELECT user_id FROM {q}.turns UNION
+                            SELECT user_id FROM {q}.summaries UNION
+                            SELECT user_id FROM {q}.facts) u) AS users,
+                        (SELECT count(*) FROM (SELECT DISTINCT user_id, conversation_id
+                            FROM {q}.turns) c) AS conversations,
+                        (SELECT count(*) FROM {q}.turns) AS turns,
+                        (SELECT count(*) FROM {q}.summaries) AS summaries,
+                        (SELECT count(*) FROM {q}.facts) AS facts,
+                        (SELECT max(version) FROM {q}.schema_version) AS schema_version"""
+                )
+            return StoreStats(**dict(row))
+
+        return await self._run("stats", fn)
+
+
+class _Statements:
+    """SQL text of the hot statements (asyncpg prepares each once per connection)."""
+
+    def __init__(self, q: str) -> None:
+        self.append = (
+            f"INSERT INTO {q}.turns (user_id, idem_key, conversation_id, seq, role, text, "
+            "created_at, source, agent_id, item_id, interrupted) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], "
+            "$5::text[], $6::text[], $7::timestamptz[], $8::text[], $9::text[], $10::text[], "
+            "$11::boolean[]) ON CONFLICT (user_id, idem_key) DO NOTHING"
+        )
+        order = "ORDER BY created_at DESC, conversation_id DESC, seq DESC, idem_key DESC"
+        self.latest = f"SELECT {_TURN_COLUMNS} FROM {q}.turns WHERE user_id = $1 {order} LIMIT $2"
+        self.latest_before = (
+            f"SELECT {_TURN_COLUMNS} FROM {q}.turns WHERE user_id = $1 AND created_at < $2 "
+            f"{order} LIMIT $3"
+        )
+        self.purge = (
+            f"DELETE FROM {q}.turns WHERE (user_id, idem_key) IN (SELECT user_id, idem_key "
+            f"FROM {q}.turns WHERE created_at < $1 LIMIT $2)"
+        )
+
+
+def _lock_key(schema: str) -> int:
+    """A stable signed 64-bit advisory lock id per schema."""
+    digest = hashlib.sha256(f"livekit_history_plugin:{schema}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+async def _schema_version(conn: asyncpg.Connection, schema: str) -> int:
+    table = await conn.fetchval("SELECT to_regclass($1)", f'"{schema}".schema_version')
+    if table is None:
+        return 0
+    return int(
+        await conn.fetchval(f'SELECT coalesce(max(version), 0) FROM "{schema}".schema_version')
+    )
+
+
+async def apply_migrations(
+    conn: asyncpg.Connection, schema: str, current: int, target: int
+) -> None:
+    """Apply migrations current+1..target inside the caller's transaction."""
+    for m in MIGRATIONS:
+        if current < m.version <= target:
+            for statement in m.statements:
+                await conn.execute(statement.format(schema=f'"{schema}"'))
+            await conn.execute(
+                f'INSERT INTO "{schema}".schema_version (version, description) VALUES ($1, $2)',
+                m.version,
+                m.description,
+            )
+            logger.info(
+                "postgresql history schema %s migrated to v%d: %s", schema, m.version, m.description
+            )
+
+
+async def _close_pool(pool: asyncpg.Pool) -> None:
+    try:
+        await asyncio.wait_for(pool.close(), timeout=5)
+    except Exception:  # a hung or dead server must not block shutdown
+        pool.terminate()
