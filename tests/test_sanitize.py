@@ -71,7 +71,9 @@ def output(item_id: str, call_id: str, out: str = "ok") -> Any:
 
 
 def report(*items: Any, keep_instructions: bool = False) -> SanitizeResult:
-    return sanitize_chat_ctx_report(llm.ChatContext(list(items)), keep_instructions=keep_instructions)
+    return sanitize_chat_ctx_report(
+        llm.ChatContext(list(items)), keep_instructions=keep_instructions
+    )
 
 
 def reasons(result: SanitizeResult) -> list[tuple[str | None, str]]:
@@ -167,20 +169,25 @@ content_parts = st.one_of(
         st.one_of(st.none(), texts),
     ),
     st.just(llm.ImageContent(image="https://example.com/cat.png")),
-    st.sampled_from([None, 3, 1.5, b"bytes", ["nested"], {"text": "dict"}, object()]),
     *([st.just(CacheBreakpoint())] if CacheBreakpoint is not None else []),
     *_instructions_parts(),
 )
 roles = st.sampled_from(["user", "assistant", "system", "developer", "tool", "", None, 7])
 
 
+garbage_parts = st.sampled_from([None, 3, 1.5, b"bytes", ["nested"], {"text": "dict"}, object()])
+wire_roles = st.sampled_from(["user", "assistant", "system", "developer"])
+
+
 @st.composite
 def messages(draw: st.DrawFn) -> Any:
-    parts = draw(st.lists(content_parts, max_size=4))
-    if draw(st.booleans()):
-        role = draw(st.sampled_from(["user", "assistant", "system", "developer"]))
-        text_only = [p for p in parts if isinstance(p, str)]
-        return llm.ChatMessage(id=draw(item_ids), role=role, content=text_only)
+    kind = draw(st.integers(0, 3))
+    if kind == 0:  # plain text, validated by livekit's model
+        parts = draw(st.lists(texts, max_size=3))
+        return llm.ChatMessage(id=draw(item_ids), role=draw(wire_roles), content=parts)
+    if kind == 1:  # any content livekit itself can hold (audio, images, markers ...)
+        return raw_msg(draw(item_ids), draw(wire_roles), draw(st.lists(content_parts, max_size=4)))
+    parts = draw(st.lists(st.one_of(content_parts, garbage_parts), max_size=4))
     content = draw(st.one_of(st.just(parts), st.just(tuple(parts)), texts, st.none(), st.just(5)))
     item_id = draw(st.one_of(item_ids, st.sampled_from([None, "", 5])))
     return raw_msg(item_id, draw(roles), content)
@@ -191,7 +198,7 @@ garbage_str = st.one_of(texts, st.sampled_from([None, 5, b"x"]))
 
 @st.composite
 def function_calls(draw: st.DrawFn) -> Any:
-    if draw(st.booleans()):
+    if draw(st.integers(0, 3)):
         return call(draw(item_ids), draw(call_ids), draw(st.sampled_from(["lookup", "book"])))
     return llm.FunctionCall.model_construct(
         id=draw(item_ids),
@@ -204,7 +211,7 @@ def function_calls(draw: st.DrawFn) -> Any:
 
 @st.composite
 def function_outputs(draw: st.DrawFn) -> Any:
-    if draw(st.booleans()):
+    if draw(st.integers(0, 3)):
         return output(draw(item_ids), draw(call_ids), draw(texts))
     return llm.FunctionCallOutput.model_construct(
         id=draw(item_ids),
@@ -237,10 +244,33 @@ bogus_items = st.one_of(
     st.builds(ExplodingType),
 )
 
+# weighted towards the items a real context holds; the rest is there to be dropped
 chat_items = st.one_of(
-    messages(), function_calls(), function_outputs(), bogus_items, *_internal_items()
+    messages(),
+    messages(),
+    messages(),
+    function_calls(),
+    function_calls(),
+    function_outputs(),
+    function_outputs(),
+    bogus_items,
+    *_internal_items(),
 )
-chat_contexts = st.builds(llm.ChatContext, st.lists(chat_items, max_size=14))
+
+
+@st.composite
+def call_with_output(draw: st.DrawFn) -> list[Any]:
+    """A tool round trip as livekit records it: the call, then its output."""
+    n = draw(st.integers(0, 99))
+    return [call(f"fc{n}", f"call{n}"), output(f"fo{n}", f"call{n}", draw(texts))]
+
+
+@st.composite
+def chat_contexts(draw: st.DrawFn) -> llm.ChatContext:
+    chunks = draw(
+        st.lists(st.one_of(chat_items.map(lambda i: [i]), call_with_output()), max_size=12)
+    )
+    return llm.ChatContext([item for chunk in chunks for item in chunk])
 
 
 # --- properties ---------------------------------------------------------------------
@@ -252,7 +282,9 @@ def _is_subsequence(sub: list[Any], full: list[Any]) -> bool:
 
 
 def _source_ids(ctx: llm.ChatContext) -> list[Any]:
-    return [getattr(item, "id", None) if not isinstance(item, Exploding) else None for item in ctx.items]
+    return [
+        getattr(item, "id", None) if not isinstance(item, Exploding) else None for item in ctx.items
+    ]
 
 
 def check_output(ctx: llm.ChatContext, result: SanitizeResult, *, keep_instructions: bool) -> None:
@@ -294,7 +326,7 @@ def check_output(ctx: llm.ChatContext, result: SanitizeResult, *, keep_instructi
 
 
 @SETTINGS
-@given(ctx=chat_contexts, keep_instructions=st.booleans())
+@given(ctx=chat_contexts(), keep_instructions=st.booleans())
 def test_property_sanitize(ctx: llm.ChatContext, keep_instructions: bool) -> None:
     before = ctx_snapshot(ctx)
     result = sanitize_chat_ctx_report(ctx, keep_instructions=keep_instructions)
@@ -310,7 +342,7 @@ def test_property_sanitize(ctx: llm.ChatContext, keep_instructions: bool) -> Non
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-@given(ctx=chat_contexts)
+@given(ctx=chat_contexts())
 def test_property_output_converts_and_validates_with_sdk(ctx: llm.ChatContext) -> None:
     """Whatever went in, every item that comes out makes an event the SDK models accept."""
     previous: str | None = None
@@ -474,7 +506,10 @@ def test_orphan_function_outputs_are_dropped_calls_without_output_kept() -> None
         call("f2", "c2"),  # no output: valid on the server, kept
     )
     assert ids(r.chat_ctx) == ["f1", "o1", "f2"]
-    assert reasons(r) == [("o0", "orphan_function_call_output"), ("o2", "orphan_function_call_output")]
+    assert reasons(r) == [
+        ("o0", "orphan_function_call_output"),
+        ("o2", "orphan_function_call_output"),
+    ]
 
 
 def test_output_of_a_dropped_call_is_an_orphan() -> None:
@@ -572,7 +607,9 @@ def test_content_that_is_a_bare_string_or_tuple() -> None:
 
 
 def test_lone_surrogates_are_replaced() -> None:
-    r = report(msg("u1", "user", "a\ud800b", "ok \ud83d\ude00"), call("f1", "c1", arguments="\udc00"))
+    r = report(
+        msg("u1", "user", "a\ud800b", "ok \ud83d\ude00"), call("f1", "c1", arguments="\udc00")
+    )
     message, fcall = r.chat_ctx.items
     assert message.content == ["a\ufffdb", "ok \U0001f600"]
     assert fcall.arguments == "\ufffd"
@@ -607,14 +644,19 @@ def test_instructions_objects_in_content_become_text() -> None:
 
 
 def test_unchanged_items_are_shared_and_order_kept() -> None:
-    items = [msg("m1", "user", "a"), call("f1", "c1"), output("o1", "c1"), msg("m2", "assistant", "b")]
+    items = [
+        msg("m1", "user", "a"),
+        call("f1", "c1"),
+        output("o1", "c1"),
+        msg("m2", "assistant", "b"),
+    ]
     r = report(*items)
     assert [id(i) for i in r.chat_ctx.items] == [id(i) for i in items]
     assert r.dropped == () and r.changed == ()
 
 
 def test_read_only_context_is_accepted() -> None:
-    ro_cls = getattr(importlib.import_module("livekit.agents.llm.chat_context"), "_ReadOnlyChatContext")
+    ro_cls = importlib.import_module("livekit.agents.llm.chat_context")._ReadOnlyChatContext
     ro = ro_cls([msg("m1", "user", "a"), msg("m2", "user")])
     out = sanitize_chat_ctx(ro)
     assert ids(out) == ["m1"] and not out.readonly
@@ -643,11 +685,18 @@ def test_internal_error_drops_the_item_instead_of_raising(monkeypatch: pytest.Mo
 
 def test_one_debug_line_per_drop(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="livekit.plugins.history")
-    r = report(Bogus("agent_handoff", "h1"), msg("m1", "user"), output("o1", "zz"))
+    r = report(
+        Bogus("agent_handoff", "h1"),
+        msg("m1", "user", "kept", llm.ImageContent(image="https://example.com/x.png")),
+        output("o1", "zz"),
+    )
     lines = [rec for rec in caplog.records if rec.name == "livekit.plugins.history"]
-    assert len(r.dropped) == 3
-    assert len([rec for rec in lines if "dropped" in rec.getMessage() and "part" not in rec.getMessage()]) == 3
-    assert all(rec.levelno == logging.DEBUG for rec in lines)
+    assert (len(r.dropped), len(r.dropped_parts)) == (2, 1)
+    assert len(lines) == 3 and all(rec.levelno == logging.DEBUG for rec in lines)
+    messages = [rec.getMessage() for rec in lines]
+    assert "agent_handoff" in messages[0] and "'h1'" in messages[0]
+    assert "image_not_supported" in messages[1] and "'m1'" in messages[1]
+    assert "orphan_function_call_output" in messages[2]
 
 
 def test_drop_reasons_are_documented() -> None:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from livekit.agents import llm
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..dialects import Dialect
 from ..log import logger
@@ -51,12 +52,36 @@ _FINISHED_KEPT = 4
 _MAX_REPLANS = 3
 
 
-class ReplayOptions:
-    """Timeouts of one update; module-level defaults, overridable per adapter."""
+# caller audio held while the history replays: 100 ms frames, 30 s at most
+_MAX_HELD_FRAMES = 300
 
-    def __init__(self, *, ack_timeout: float = 2.0, verify_timeout: float = 1.0) -> None:
-        self.ack_timeout = ack_timeout
-        self.verify_timeout = verify_timeout
+
+class ReplayOptions(BaseModel):
+    """How the safe replay behaves on each session of a wrapped model."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ack_timeout: float = Field(default=2.0, gt=0, description="wait for one item's ack")
+    verify_timeout: float = Field(
+        default=1.0, gt=0, description="wait for the retrieve that checks an unacked item"
+    )
+    audio_gate_timeout: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "hold caller audio until the session's first chat-context update is "
+            "acknowledged, at most this many seconds (None: do not hold). With "
+            "server VAD, history that arrives after the caller starts speaking is "
+            "not used for the first answer."
+        ),
+    )
+
+
+class AudioGateStats(BaseModel):
+    opened_after: float | None = None  # seconds from session creation
+    reason: str | None = None  # "replayed" or "timeout"
+    frames_held: int = 0
+    frames_dropped: int = 0
 
 
 class SessionAdapter:
@@ -82,6 +107,9 @@ class SessionAdapter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._listening_raw = False
         self._lock: asyncio.Lock = getattr(session, "_update_chat_ctx_lock", None) or asyncio.Lock()
+        self.audio_gate = AudioGateStats()
+        self._held: collections.deque[Any] | None = None
+        self._created_at = time.monotonic()
 
     # -- per-path facts (override) ---------------------------------------------
 
@@ -107,6 +135,45 @@ class SessionAdapter:
         s.truncate = self._truncate
         s.update_chat_ctx = self.update_chat_ctx
         s.on("session_reconnected", self._on_reconnected)
+        if self.options.audio_gate_timeout is not None:
+            self._close_audio_gate(self.options.audio_gate_timeout)
+
+    # -- holding caller audio until the history is on the server ----------------
+
+    def _close_audio_gate(self, timeout: float) -> None:
+        self._held = collections.deque()
+        self._orig_push_audio = self.session.push_audio
+        self.session.push_audio = self._push_audio
+        loop = asyncio.get_running_loop()
+        self._gate_timer = loop.call_later(timeout, self._open_audio_gate, "timeout")
+
+    def _push_audio(self, frame: Any) -> None:
+        held = self._held
+        if held is None:
+            self._orig_push_audio(frame)
+            return
+        if len(held) >= _MAX_HELD_FRAMES:
+            held.popleft()
+            self.audio_gate.frames_dropped += 1
+        held.append(frame)
+        self.audio_gate.frames_held += 1
+
+    def _open_audio_gate(self, reason: str) -> None:
+        held, self._held = self._held, None
+        if held is None:
+            return
+        self._gate_timer.cancel()
+        self.session.push_audio = self._orig_push_audio
+        self.audio_gate.opened_after = time.monotonic() - self._created_at
+        self.audio_gate.reason = reason
+        if reason == "timeout":
+            logger.warning(
+                "chat history not acknowledged within %.2fs; letting caller audio through",
+                self.options.audio_gate_timeout,
+            )
+        # the caller's first words were held, not lost: send them in order now
+        for frame in held:
+            self._orig_push_audio(frame)
 
     @property
     def mirror(self) -> Any:
@@ -124,7 +191,7 @@ class SessionAdapter:
             for _ in range(_MAX_REPLANS):
                 plan = plan_update(chat_ctx, self.mirror.to_chat_ctx(), self.dialect)
                 if plan.empty:
-                    return
+                    break
                 driver = self._start(plan)
                 try:
                     result = await driver.run()
@@ -133,7 +200,8 @@ class SessionAdapter:
                 self.last_result = result
                 self._log_result(plan, result)
                 if driver.aborted != CONNECTION_RESET:
-                    return
+                    break
+        self._open_audio_gate("replayed")
 
     def _start(self, plan: UpdatePlan) -> ReplayDriver:
         engine = ReplayEngine(
@@ -171,6 +239,8 @@ class SessionAdapter:
             if out.how == "absent":
                 with contextlib.suppress(ValueError):
                     self.mirror.delete(out.item_id)
+        elif isinstance(out, ItemRejected) and out.code == CONNECTION_RESET:
+            logger.debug("chat item %s unanswered before a reconnect; replaying", out.item_id)
         elif isinstance(out, ItemRejected):
             logger.warning(
                 "realtime server rejected chat item %s: %s (%s); items after it are re-chained",

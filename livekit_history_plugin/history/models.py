@@ -31,6 +31,8 @@ MAX_TURN_CHARS = 8_000
 # C0/C1 control characters except \t \n \r: they carry nothing a model should
 # read back and some terminals/loggers misbehave on them.
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# lone surrogates: a Python str may hold them, no UTF-8 database or wire can
+_SURROGATES = re.compile(r"[\ud800-\udfff]")
 
 
 # Largest seq every backend can hold (SQL BIGINT).
@@ -55,6 +57,8 @@ def _no_control_chars(v: str) -> str:
     # and a newline in a key name makes logs lie.
     if _CONTROL_CHARS.search(v) or any(c in v for c in "\t\n\r"):
         raise ValueError("must not contain control characters")
+    if _SURROGATES.search(v):
+        raise ValueError("must be valid Unicode (lone surrogate)")
     return v
 
 
@@ -156,14 +160,17 @@ def clean_text(text: str) -> tuple[str, list[str]]:
 
 
 def storable_text(text: str) -> tuple[str, int]:
-    """Text as every store writes it: control characters removed, length kept.
+    """Text as every store writes it: control characters removed, lone
+    surrogates replaced by U+FFFD, length kept. Returns (text, characters changed).
 
-    PostgreSQL text cannot hold NUL and the characters carry nothing, so all
-    backends drop them on write (and say how many); the length cap is applied on
-    load, so a later, larger budget can still see the full turn.
+    PostgreSQL text cannot hold NUL, no UTF-8 store can hold a lone surrogate,
+    and neither carries meaning, so all backends fix them on write (and say how
+    many); the length cap is applied on load, so a later, larger budget can
+    still see the full turn.
     """
-    cleaned = _CONTROL_CHARS.sub("", text)
-    return cleaned, len(text) - len(cleaned)
+    no_controls = _CONTROL_CHARS.sub("", text)
+    cleaned, replaced = _SURROGATES.subn("\ufffd", no_controls)
+    return cleaned, len(text) - len(no_controls) + replaced
 
 
 def turn_from_record(

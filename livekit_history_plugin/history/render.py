@@ -37,10 +37,10 @@ the tokens of its pieces. `history_costs` exposes those per-piece costs to
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, Literal
 
 from livekit.agents import llm
@@ -79,22 +79,27 @@ _SPEAKER = {Role.USER: "caller", Role.ASSISTANT: "agent", Role.SYSTEM: "note"}
 
 # Angle brackets (ASCII, full-width, small form) -> single guillemets: stored text
 # can then never produce one of our <tags>, whatever spacing or case it uses.
-_NEUTRALIZE = str.maketrans(
-    {"<": "‹", ">": "›", "\uff1c": "‹", "\uff1e": "›", "\ufe64": "‹", "\ufe65": "›"}
-)
-# Line breaks json.dumps(ensure_ascii=False) would leave raw.
+_ANGLES = re.compile("[<>\uff1c\uff1e\ufe64\ufe65]")
+_ANGLE_SWAP = {"<": "‹", ">": "›", "\uff1c": "‹", "\uff1e": "›", "\ufe64": "‹", "\ufe65": "›"}
+# Line breaks a JSON string (ensure_ascii=False) would leave raw.
 _RAW_LINE_BREAKS = re.compile("[\u2028\u2029\x85\x0b\x0c]")
+# Anything `quote` has to change besides JSON escaping; one scan decides the fast path.
+_NEEDS_CARE = re.compile("[<>\uff1c\uff1e\ufe64\ufe65\u2028\u2029\x85\x0b\x0c]")
 
 
 # -- quoting -------------------------------------------------------------------
 def neutralize(text: str) -> str:
     """Stored text with every delimiter look-alike made inert."""
-    return text.translate(_NEUTRALIZE)
+    if _ANGLES.search(text) is None:  # the common case, and the hot path of budgeting
+        return text
+    return _ANGLES.sub(lambda m: _ANGLE_SWAP[m.group()], text)
 
 
 def quote(text: str) -> str:
     """Stored text as one JSON string on one line: it cannot leave its quotes or its line."""
-    return json.dumps(_RAW_LINE_BREAKS.sub(" ", neutralize(text)), ensure_ascii=False)
+    if _NEEDS_CARE.search(text) is not None:
+        text = _RAW_LINE_BREAKS.sub(" ", neutralize(text))
+    return encode_basestring(text)  # == json.dumps(text, ensure_ascii=False)
 
 
 def _block_text(text: str) -> str:
@@ -113,7 +118,7 @@ def turn_line(turn: Turn) -> str:
 
 def conversation_header(turn: Turn) -> str:
     """The line opening a run of turns of one call; dated by its oldest shown turn."""
-    return f"[call on {turn.created_at:%Y-%m-%d}]\n"
+    return f"[call on {turn.created_at.date().isoformat()}]\n"
 
 
 def summary_piece(summary: Summary) -> str:
@@ -143,13 +148,14 @@ def base_instructions(
     """The instructions the session gets before any history block is appended.
 
     The agent's own instructions, followed by the facts list if there are facts.
-    In ``instructions`` mode it always ends with a blank line, so the history block
+    In ``instructions`` mode it ends with a blank line, so the history block
     appended after it costs exactly its own tokens.
     """
     if not facts and mode != "instructions":
         return agent_instructions
     stem = agent_instructions.rstrip()
-    return (f"{stem}\n\n" if stem else "") + facts_piece(facts)
+    base = (f"{stem}\n\n" if stem else "") + facts_piece(facts)
+    return base if mode == "instructions" else base.rstrip("\n")
 
 
 def _block_head(mode: ReplayMode) -> str:
@@ -171,6 +177,9 @@ def item_message(turn: Turn) -> tuple[Literal["user", "assistant"], str]:
 
 
 # -- costs -------------------------------------------------------------------------
+# header line tokens by day ordinal: a few bytes per distinct day ever seen
+_HEADER_COSTS: dict[int, int] = {}
+
 @dataclass(frozen=True)
 class HistoryCosts:
     """Exact token costs of the pieces of a history rendered in one mode."""
@@ -191,6 +200,14 @@ class HistoryCosts:
             return message_tokens("user", summary_message_text(summary))
         return count_tokens(summary_piece(summary))
 
+    @staticmethod
+    def _header(turn: Turn) -> int:
+        day = turn.created_at.toordinal()
+        cost = _HEADER_COSTS.get(day)
+        if cost is None:
+            cost = _HEADER_COSTS[day] = count_tokens(conversation_header(turn))
+        return cost
+
     def turn(self, turn: Turn, newer: Turn | None) -> int:
         """Tokens added by showing `turn` just before `newer`, the oldest turn shown so far.
 
@@ -199,9 +216,9 @@ class HistoryCosts:
         """
         if self.mode == "items":
             return message_tokens(*item_message(turn))
-        cost = count_tokens(turn_line(turn)) + count_tokens(conversation_header(turn))
+        cost = count_tokens(turn_line(turn)) + self._header(turn)
         if newer is not None and newer.conversation_id == turn.conversation_id:
-            cost -= count_tokens(conversation_header(newer))
+            cost -= self._header(newer)
         return cost
 
 
@@ -221,8 +238,10 @@ class RenderedHistory(BaseModel):
     chat_ctx: llm.ChatContext
     instructions: str
     item_ids: list[str]
-    history_tokens: int  # exact tokens the replayed history takes (items, or the block in the instructions)
-    instructions_tokens: int  # exact tokens of `instructions` (content only)
+    # exact tokens the replayed history takes: its items, or its block in the instructions
+    history_tokens: int
+    # exact tokens of `instructions` (content only)
+    instructions_tokens: int
 
 
 def history_item_id(*parts: str) -> str:
@@ -270,7 +289,9 @@ def _render_items(
     if summary is not None:
         text = summary_message_text(summary)
         first = turns[0].created_at.timestamp() if turns else summary.covers_until.timestamp()
-        item_id = history_item_id("summary", summary.user_id, summary.covers_until.isoformat(), text)
+        item_id = history_item_id(
+            "summary", summary.user_id, summary.covers_until.isoformat(), text
+        )
         ctx.add_message(role="user", content=text, id=item_id, created_at=first - 0.001)
         ids.append(item_id)
         tokens += message_tokens("user", text)

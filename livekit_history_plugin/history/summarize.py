@@ -22,7 +22,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from livekit.agents import llm
 
@@ -59,9 +59,7 @@ def new_turns(turns: Sequence[Turn], previous: Summary | None) -> list[Turn]:
     return [t for t in turns if t.created_at > until]
 
 
-def _updated(
-    previous: Summary | None, turns: Sequence[Turn], text: str, method: str
-) -> Summary:
+def _updated(previous: Summary | None, turns: Sequence[Turn], text: str, method: str) -> Summary:
     if not turns:
         if previous is None:
             raise ValueError("nothing to summarize: no turns and no previous summary")
@@ -118,10 +116,12 @@ _FILLER = re.compile(
 _MAX_SENTENCE_TOKENS = 60
 # below this many free tokens no further sentence is worth trying
 _MIN_LINE_TOKENS = 6
+# sentences scoring less carry nothing a later call needs (an agent's questions, filler)
+_MIN_SCORE = 1.0
 
 
 def score_sentence(speaker: str, sentence: str) -> float:
-    """How much a sentence is worth keeping for a later call (higher is better; <0 = never)."""
+    """How much a sentence is worth keeping for a later call (higher is better; <1 = never)."""
     if _FILLER.match(sentence):
         return -1.0
     score = _ROLE_WEIGHT.get(speaker, 1.0)
@@ -130,7 +130,7 @@ def score_sentence(speaker: str, sentence: str) -> float:
         score += 2.0 if _REQUEST.search(sentence) else 0.0
     elif speaker == "agent":
         score += 2.0 if _COMMITMENT.search(sentence) else 0.0
-        score -= 1.0 if sentence.rstrip().endswith("?") else 0.0
+        score -= 2.0 if sentence.rstrip().endswith("?") else 0.0
     else:
         score += 1.0 if _REQUEST.search(sentence) else 0.0
     score += 1.5 if _NUMBER.search(sentence) else 0.0
@@ -233,7 +233,7 @@ class ExtractiveSummarizer:
     def _pick(candidates: list[_Candidate], budget: int) -> list[_Candidate]:
         latest: dict[str, _Candidate] = {}
         for c in candidates:
-            if c.score >= 0 and c.key:
+            if c.score >= _MIN_SCORE and c.key:
                 latest[c.key] = c  # a repeated sentence counts once, at its latest place
         ranked = sorted(latest.values(), key=lambda c: (-c.score, -c.order))
         kept: list[_Candidate] = []
@@ -306,7 +306,7 @@ class LLMSummarizer:
 
     def __init__(
         self,
-        llm: llm.LLM,
+        llm: llm.LLM[Any],
         max_tokens: int = DEFAULT_SUMMARY_TOKENS,
         *,
         timeout: float = 30.0,

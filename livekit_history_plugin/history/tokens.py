@@ -72,7 +72,8 @@ _encoding_lock = threading.Lock()
 
 def _load_ranks() -> dict[bytes, int]:
     try:
-        packed = resources.files("livekit_history_plugin.history").joinpath("data", _DATA_FILE).read_bytes()
+        data_dir = resources.files("livekit_history_plugin.history").joinpath("data")
+        packed = data_dir.joinpath(_DATA_FILE).read_bytes()
         raw = gzip.decompress(packed)
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise TokenizerDataError(

@@ -172,6 +172,9 @@ class _Create:
     known_absent: bool = False
     # send number of the attempt refused for its anchor, while PARKED
     refused_seq: int = 0
+    # an error without event_id that was matched to this item by order only;
+    # a retrieve decides whether it really was this item's
+    suspect_error: tuple[str, str, str | None] | None = None
 
 
 @dataclass
@@ -412,6 +415,7 @@ class ReplayEngine:
         message = str(err.get("message") or "")
         param = err.get("param") if isinstance(err.get("param"), str) else None
         event_id = err.get("event_id")
+        certain = True
         if isinstance(event_id, str) and event_id:
             req = self._requests.get(event_id)
             if req is None:
@@ -424,19 +428,29 @@ class ReplayEngine:
             found = self._match_anonymous_error(code, message, param)
             if found is None:
                 return NOT_OURS
-            matched_eid = found
+            matched_eid, certain = found
             req = self._inflight[matched_eid]
         del self._inflight[matched_eid]
         if req.kind == "delete":
             return Reaction(tuple(self._delete_error(req.item_id, code, message)), True)
         c = self._creates[req.item_id]
         if req.kind == "retrieve":
-            reason = "its ack timed out and the server does not have it"
-            return Reaction(tuple(self._reject(c, ACK_TIMEOUT, reason)), True)
+            code, message, param = c.suspect_error or (
+                ACK_TIMEOUT, "its ack timed out and the server does not have it", None
+            )
+            return Reaction(tuple(self._reject(c, code, message, param)), True)
+        if not certain and code not in (INVALID_PREVIOUS, DUPLICATE_ID):
+            # matched by order alone: if an earlier ack was lost, this error is
+            # a later item's. Ask the server rather than drop a landed item.
+            c.suspect_error = (code, message, param)
+            return Reaction((self._send_retrieve(c, now),), True)
         return Reaction(tuple(self._create_error(c, code, message, param, now)), True)
 
-    def _match_anonymous_error(self, code: str, message: str, param: str | None) -> str | None:
-        """Find which request an error without event_id answers.
+    def _match_anonymous_error(
+        self, code: str, message: str, param: str | None
+    ) -> tuple[str, bool] | None:
+        """Find which request an error without event_id answers, and whether
+        that is certain.
 
         The server answers in order, so it is the oldest unanswered request —
         unless an id quoted in the message names another one.
@@ -449,10 +463,10 @@ class ReplayEngine:
                 c = self._creates.get(req.item_id) if req.kind != "delete" else None
                 chained = c is not None and req.kind == "create" and c.sent_prev in quoted
                 if code == INVALID_PREVIOUS and chained:
-                    return eid
+                    return eid, True
                 if code != INVALID_PREVIOUS and req.item_id in quoted:
-                    return eid
-        return next(iter(self._inflight))
+                    return eid, True
+        return next(iter(self._inflight)), False
 
     def _create_error(
         self, c: _Create, code: str, message: str, param: str | None, now: float

@@ -403,6 +403,8 @@ class EmulatorSession:
 
     def _ack(self, item_id: str, events: list[dict[str, Any]], client_type: str) -> None:
         faults = self.emulator.faults
+        for e in events:
+            e.setdefault("event_id", _new_id("event_"))
         first = events[0]
         if faults.selects(faults.drop_acks, item_id, first):
             self.dropped_acks.extend(events)
@@ -1447,13 +1449,16 @@ class RealtimeEmulator:
                 raise _http_error(
                     400, "Missing required query parameter: 'deployment'.", "deployment"
                 )
-            return "beta", query["deployment"]
+            # Azure names a deployment; the session reports the model behind it
+            return "beta", self.model
         if path in ("/openai/v1/realtime", "/v1/realtime", "/realtime"):
             model = query.get("model")
             if not model:
                 raise _http_error(400, "Missing required parameter: 'model'.", "model")
             beta_header = request.headers.get("OpenAI-Beta", "").replace(" ", "")
-            if path != "/openai/v1/realtime" and "realtime=v1" in beta_header.split(","):
+            if path == "/openai/v1/realtime":
+                return "ga", self.model  # Azure GA: `model` is the deployment name
+            if "realtime=v1" in beta_header.split(","):
                 return "beta", model
             return "ga", model
         raise web.HTTPNotFound(

@@ -213,8 +213,27 @@ def storable(text: str, store: str, what: str) -> str:
     return cleaned
 
 
-def storable_turn_text(turn: Turn, store: str) -> str:
-    return storable(turn.text, store, f"turn {turn.idempotency_key} of user {turn.user_id!r}")
+def storable_turn_texts(turns: Sequence[Turn], store: str) -> list[str]:
+    """Each turn's text as stored; one warning per batch when any had to change."""
+    texts: list[str] = []
+    changed: list[str] = []
+    removed_total = 0
+    for t in turns:
+        text, removed = storable_text(t.text)
+        texts.append(text)
+        if removed:
+            removed_total += removed
+            changed.append(f"{t.user_id!r}/{t.idempotency_key}")
+    if changed:
+        logger.warning(
+            "%s: removed %d control characters from %d turns before storing (%s%s)",
+            store,
+            removed_total,
+            len(changed),
+            ", ".join(changed[:3]),
+            ", ..." if len(changed) > 3 else "",
+        )
+    return texts
 
 
 def redact_url(url: str) -> str:

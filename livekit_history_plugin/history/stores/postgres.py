@@ -48,7 +48,7 @@ from .base import (
     purge_cutoff,
     redact_url,
     storable,
-    storable_turn_text,
+    storable_turn_texts,
 )
 from .migrations.postgres import LATEST, MIGRATIONS
 
@@ -236,14 +236,15 @@ class PostgresStore(HistoryStore):
         if not turns:
             return 0
         columns: list[list[Any]] = [[] for _ in range(11)]
-        for t in turns:
+        texts = storable_turn_texts(turns, self.url)
+        for t, text in zip(turns, texts, strict=True):
             row = (
                 t.user_id,
                 t.idempotency_key,
                 t.conversation_id,
                 t.seq,
                 t.role.value,
-                storable_turn_text(t, self.url),
+                text,
                 t.created_at,
                 t.source.value,
                 t.agent_id,

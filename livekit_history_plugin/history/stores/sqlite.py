@@ -53,7 +53,7 @@ from .base import (
     from_micros,
     purge_cutoff,
     storable,
-    storable_turn_text,
+    storable_turn_texts,
     to_micros,
 )
 from .migrations.sqlite import LATEST, MIGRATIONS
@@ -255,6 +255,7 @@ class SqliteStore(HistoryStore):
 
     # -- turns ----------------------------------------------------------------------
     async def append(self, turns: Sequence[Turn]) -> int:
+        texts = storable_turn_texts(turns, self.url)
         rows = [
             (
                 t.user_id,
@@ -262,14 +263,14 @@ class SqliteStore(HistoryStore):
                 t.seq,
                 t.idempotency_key,
                 t.role.value,
-                storable_turn_text(t, self.url),
+                text,
                 to_micros(t.created_at),
                 t.source.value,
                 t.agent_id,
                 t.item_id,
                 int(t.interrupted),
             )
-            for t in turns
+            for t, text in zip(turns, texts, strict=True)
         ]
         if not rows:
             return 0
