@@ -10,7 +10,7 @@ stamp="$venv/.lhp-stamp"
 want="$ver $(sha256sum "$root/pyproject.toml" | cut -c1-16)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   rm -rf "$venv"
-  uv venv -q -p 3.11 "$venv" >&2
+  uv venv -q -p "${UV_PYTHON:-$(command -v python3.11 || command -v python3)}" "$venv" >&2
   # releases up to 1.5.x import httpx without declaring it
   VIRTUAL_ENV="$venv" uv pip install -q -e "$root[dev]" \
     "livekit-agents==$ver" "livekit-plugins-openai==$ver" httpx >&2

@@ -531,7 +531,7 @@ def test_unknown_or_malformed_server_items_give_none(item: Any) -> None:
 texts = st.text(st.characters(codec="utf-8"), min_size=1, max_size=200)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     role=st.sampled_from(["user", "assistant", "system", "developer"]),
     parts=st.lists(texts, min_size=1, max_size=4),
@@ -552,7 +552,7 @@ def test_property_messages_validate(
     assert isinstance(back, llm.ChatMessage) and back.content == parts
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(
     call_id=texts,
     name=texts,

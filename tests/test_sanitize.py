@@ -341,7 +341,7 @@ def test_property_sanitize(ctx: llm.ChatContext, keep_instructions: bool) -> Non
     assert snapshot(plain.items, with_ids=False) == snapshot(result.chat_ctx.items, with_ids=False)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
 @given(ctx=chat_contexts())
 def test_property_output_converts_and_validates_with_sdk(ctx: llm.ChatContext) -> None:
     """Whatever went in, every item that comes out makes an event the SDK models accept."""

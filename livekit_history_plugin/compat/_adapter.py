@@ -243,7 +243,7 @@ class SessionAdapter:
             logger.debug("chat item %s unanswered before a reconnect; replaying", out.item_id)
         elif isinstance(out, ItemRejected):
             logger.warning(
-                "realtime server rejected chat item %s: %s (%s); items after it are re-chained",
+                "realtime server rejected chat item %s: %s (%s); the rest of the update goes on",
                 out.item_id,
                 out.code,
                 out.message,

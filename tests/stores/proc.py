@@ -12,12 +12,27 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import sys
+import types
 from datetime import datetime, timedelta, timezone
 
-from livekit_history_plugin.history.models import Role, Turn, utcnow
-from livekit_history_plugin.history.stores import StoreError, open_store
-from livekit_history_plugin.history.writer import HistoryWriter
+
+def _bare_package() -> None:
+    """Import our store modules without the package __init__, which imports
+    livekit.agents (seconds per process); a storage child needs none of it."""
+    spec = importlib.util.find_spec("livekit_history_plugin")
+    assert spec is not None and spec.submodule_search_locations is not None
+    pkg = types.ModuleType("livekit_history_plugin")
+    pkg.__path__ = list(spec.submodule_search_locations)
+    sys.modules["livekit_history_plugin"] = pkg
+
+
+_bare_package()
+
+from livekit_history_plugin.history.models import Role, Turn, utcnow  # noqa: E402
+from livekit_history_plugin.history.stores import StoreError, open_store  # noqa: E402
+from livekit_history_plugin.history.writer import HistoryWriter  # noqa: E402
 
 SHARED_T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

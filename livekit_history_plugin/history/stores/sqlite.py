@@ -182,7 +182,7 @@ class SqliteStore(HistoryStore):
             except BaseException as e:
                 await self._close_all()
                 if isinstance(e, sqlite3.Error):
-                    raise StoreError.wrap(self.url, "open", e) from e
+                    raise self._error("open", e) from e
                 raise
 
     async def _open(self) -> None:
@@ -249,9 +249,14 @@ class SqliteStore(HistoryStore):
             raise self._error(op, e) from e
 
     def _error(self, op: str, e: sqlite3.Error) -> StoreError:
-        if getattr(e, "sqlite_errorcode", None) in _BUSY_CODES:
-            return StoreUnavailableError.wrap(self.url, op, e)
-        return StoreError.wrap(self.url, op, e)
+        cls = (
+            StoreUnavailableError
+            if getattr(e, "sqlite_errorcode", None) in _BUSY_CODES
+            else StoreError
+        )
+        # e.g. "disk I/O error (SQLITE_IOERR_WRITE)": the extended code says what the disk did
+        code = getattr(e, "sqlite_errorname", None) or type(e).__name__
+        return cls(f"{self.url}: {op} failed: {e} ({code})", store=self.url, op=op, cause=e)
 
     # -- turns ----------------------------------------------------------------------
     async def append(self, turns: Sequence[Turn]) -> int:

@@ -1,0 +1,149 @@
+"""Replay benchmark: 200 chat items at an emulated 50 ms round trip.
+
+Compares, on the real livekit-plugins-openai client against the bundled
+emulator (latency applied to every reply, without serializing them):
+
+- wrapped:    `update_chat_ctx` of a model wrapped by `wrap_realtime_model`
+- livekit:    livekit's own `update_chat_ctx`
+- one-by-one: the loop users write (send a create, wait for its ack, next)
+
+and again with one item rejected at position 100. Prints a markdown table.
+Not a test: run `python bench/replay.py [--items 200] [--rtt 0.05] [--runs 5]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+from livekit.agents import __version__ as livekit_version
+from livekit.agents import llm
+from livekit_history_plugin import wrap_realtime_model
+from livekit_history_plugin.dialects import item_to_wire
+from livekit_history_plugin.testing import RealtimeEmulator, RejectRule
+
+MARKER = "BENCH-REJECT"
+
+
+def build_ctx(n: int, reject_at: int | None) -> llm.ChatContext:
+    ctx = llm.ChatContext.empty()
+    for i in range(n):
+        role = "user" if i % 2 == 0 else "assistant"
+        text = f"{MARKER} {i}" if i == reject_at else f"turn {i}: " + "words " * 12
+        ctx.add_message(role=role, content=text, id=f"bench_{i:04d}")
+    return ctx
+
+
+async def run_livekit(emu: RealtimeEmulator, ctx: llm.ChatContext, wrapped: bool) -> float:
+    model = emu.realtime_model("openai", modalities=["text"])
+    if wrapped:
+        model = wrap_realtime_model(model)
+    session = model.session()
+    await emu.wait_for_session(count=len(emu.sessions) + 1)
+    await asyncio.sleep(0.2)  # let session.update settle, as a live call would
+    t0 = time.perf_counter()
+    try:
+        await session.update_chat_ctx(ctx)
+    except Exception:
+        pass
+    elapsed = time.perf_counter() - t0
+    await session.aclose()
+    await model.aclose()
+    return elapsed
+
+
+async def run_one_by_one(emu: RealtimeEmulator, ctx: llm.ChatContext) -> float:
+    """What users write by hand: one create, wait for its ack (or error), next."""
+    async with aiohttp.ClientSession() as http:
+        url = emu.openai_base_url.replace("http", "ws") + "/realtime?model=gpt-realtime"
+        async with http.ws_connect(url, headers={"Authorization": "Bearer test"}) as ws:
+            await ws.receive()  # session.created
+            t0 = time.perf_counter()
+            for i, item in enumerate(ctx.items):
+                event = {
+                    "type": "conversation.item.create",
+                    "event_id": f"evt_{i}",
+                    "item": item_to_wire(item, "ga"),
+                }
+                await ws.send_str(json.dumps(event))
+                while True:
+                    msg = json.loads((await ws.receive()).data)
+                    if msg["type"] in ("conversation.item.added", "error"):
+                        break
+            return time.perf_counter() - t0
+
+
+def landed(emu: RealtimeEmulator, n: int) -> int:
+    ids = {f"bench_{i:04d}" for i in range(n)}
+    return sum(1 for item in emu.last_session.items if item["id"] in ids)
+
+
+async def measure(
+    name: str,
+    runner: Callable[[RealtimeEmulator], Awaitable[float]],
+    *,
+    rtt: float,
+    runs: int,
+    n: int,
+    reject: bool,
+) -> dict[str, Any]:
+    times: list[float] = []
+    counts: list[int] = []
+    for _ in range(runs):
+        async with RealtimeEmulator() as emu:
+            emu.faults.latency = rtt
+            if reject:
+                emu.faults.reject.append(RejectRule.text_contains(MARKER, code="invalid_value"))
+            times.append(await runner(emu))
+            counts.append(landed(emu, n))
+    median = statistics.median(times)
+    return {
+        "name": name,
+        "median_s": median,
+        "p_max_s": max(times),
+        "round_trips": median / rtt,
+        "landed": min(counts),
+    }
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--items", type=int, default=200)
+    ap.add_argument("--rtt", type=float, default=0.05)
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    n = args.items
+    rows: list[tuple[str, dict[str, Any]]] = []
+    for scenario, reject_at in (("clean", None), (f"1 rejected at {n // 2}", n // 2)):
+        ctx = build_ctx(n, reject_at)
+        common = dict(rtt=args.rtt, runs=args.runs, n=n, reject=reject_at is not None)
+        rows.append((scenario, await measure(
+            "livekit", lambda e, c=ctx: run_livekit(e, c, wrapped=False), **common)))
+        rows.append((scenario, await measure(
+            "wrapped", lambda e, c=ctx: run_livekit(e, c, wrapped=True), **common)))
+        rows.append((scenario, await measure(
+            "one-by-one", lambda e, c=ctx: run_one_by_one(e, c), **common)))
+
+    valid = {"clean": n, f"1 rejected at {n // 2}": n - 1}
+    print(f"\nlivekit-agents {livekit_version}, {n} items, emulated RTT {args.rtt * 1000:.0f} ms, "
+          f"median of {args.runs} runs\n")
+    print("| scenario | path | time (s) | round trips | valid items landed | time / livekit |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    native = {s: r["median_s"] for s, r in rows if r["name"] == "livekit"}
+    for scenario, r in rows:
+        ratio = r["median_s"] / native[scenario]
+        print(
+            f"| {scenario} | {r['name']} | {r['median_s']:.3f} | {r['round_trips']:.1f} | "
+            f"{r['landed']}/{valid[scenario]} | {ratio:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,1053 @@
+"""`livekit-history`: look at, export, preview and delete callers' stored history.
+
+Every command works on any store URL (`--store`, else env LIVEKIT_HISTORY_URL,
+else `sqlite:///livekit_history.db`). Errors are one line on stderr and a
+documented exit code (see `ExitCode` and `--help`), never a traceback, so
+scripts can branch on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import os
+import re
+import sqlite3
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from enum import Enum, IntEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal, TextIO, TypeVar
+
+import typer
+from pydantic import TypeAdapter, ValidationError
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+from rich.panel import Panel
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.syntax import Syntax
+from rich.table import Table
+from typer.core import TyperGroup
+
+from .history.models import Fact, Ident, Role, Summary, Turn
+from .history.stores import DEFAULT_URL, ENV_VAR, HistoryStore, open_store
+from .history.stores.base import MissingDriverError, StoreError, StoreUnavailableError, redact_url
+from .log import logger
+from .version import __version__
+
+T = TypeVar("T")
+
+__all__ = ["EXIT_CODES", "ExitCode", "app", "main"]
+
+
+class ExitCode(IntEnum):
+    """Process exit codes; scripts may rely on them."""
+
+    OK = 0
+    USAGE = 1  # bad command line or bad input: bad store URL, option value, user id; declined
+    NOT_FOUND = 2  # the user has no stored history
+    UNAVAILABLE = 3  # the store cannot be reached: server down, timeout, missing SQLite file
+    STORE_ERROR = 4  # the store answered but failed: schema too new, corrupt file, no driver
+    INTERRUPTED = 130  # Ctrl-C
+
+
+EXIT_CODES: dict[ExitCode, str] = {
+    ExitCode.OK: "success",
+    ExitCode.USAGE: "usage error or bad input (store URL, option value, user id; delete declined)",
+    ExitCode.NOT_FOUND: "unknown user: nothing stored for that user id",
+    ExitCode.UNAVAILABLE: "store unreachable (server down, timeout, SQLite file missing, locked)",
+    ExitCode.STORE_ERROR: "store error (schema too new, corrupt database, driver not installed)",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
+_EPILOG = "\n\n".join(
+    [
+        "[bold]Exit codes[/bold]",
+        "\n".join(
+            f"[bold]{int(code):>3}[/bold]  {escape(text)}" for code, text in EXIT_CODES.items()
+        ),
+        "[bold]Store URLs[/bold]",
+        "\n".join(
+            [
+                "sqlite:///relative/path.db   sqlite:////abs/path.db",
+                "postgresql://user:pw@host:5432/db?schema=livekit_history",
+                "redis://host:6379/0?prefix=livekit_history",
+            ]
+        ),
+    ]
+)
+
+# a big export or purge shows a progress bar (when stderr is a terminal)
+_PROGRESS_MIN_TURNS = 2_000
+_EXPORT_PAGE = 1_000
+_SHOW_DEFAULT_LIMIT = 200
+_SPEAKER = {Role.USER: "caller", Role.ASSISTANT: "agent", Role.SYSTEM: "note"}
+_AGE_RE = re.compile(r"\s*(\d+)\s*([smhdw])\s*", re.IGNORECASE)
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
+_user_id_adapter: TypeAdapter[str] = TypeAdapter(Ident)
+
+
+class CliError(Exception):
+    """A failure to report as one line with an exit code."""
+
+    def __init__(self, message: str, code: ExitCode) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- click plumbing ---------------------------------------------------------------------
+
+
+def _usage_error_type() -> type[Exception]:
+    # recent typer releases vendor click as typer._click; older ones use click itself
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            cls: type[Exception] = importlib.import_module(name).UsageError
+        except (ImportError, AttributeError):
+            continue
+        return cls
+    raise ImportError("neither typer._click nor click provides UsageError")
+
+
+_UsageError = _usage_error_type()
+
+
+class _Group(TyperGroup):
+    """Usage errors exit 1 (click's default is 2, which here means "not found")."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any
+    ) -> Any:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except _UsageError as e:
+            e.exit_code = int(ExitCode.USAGE)  # type: ignore[attr-defined]
+            raise
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _UsageError as e:
+            e.exit_code = int(ExitCode.USAGE)  # type: ignore[attr-defined]
+            raise
+        except KeyboardInterrupt:
+            _console(stderr=True).print("interrupted", style="red", markup=False)
+            raise typer.Exit(ExitCode.INTERRUPTED) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="livekit-history",
+    help="Inspect, export, preview and delete the caller history of livekit-history-plugin.",
+    epilog=_EPILOG,
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@dataclass
+class Settings:
+    """The global options, shared by every command."""
+
+    store_url: str
+    timeout: float = 10.0
+    verbose: bool = False
+    progress: bool | None = None  # None: when stderr is a terminal
+    out: Console = field(default_factory=lambda: _console(stderr=False))
+    err: Console = field(default_factory=lambda: _console(stderr=True))
+
+    @property
+    def show_progress(self) -> bool:
+        return self.err.is_terminal if self.progress is None else self.progress
+
+
+def _console(*, stderr: bool) -> Console:
+    # COLUMNS wins; a pipe gets a generous width so table cells are not cut short
+    width = None if sys.__stdout__ and os.isatty(1) or os.environ.get("COLUMNS") else 120
+    return Console(stderr=stderr, width=width, highlight=False)
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    obj = ctx.find_root().obj
+    if not isinstance(obj, Settings):  # only when a command is invoked without the root
+        obj = Settings(store_url=os.environ.get(ENV_VAR) or DEFAULT_URL)
+        ctx.find_root().obj = obj
+    return obj
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"livekit-history {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    store: Annotated[
+        str,
+        typer.Option(
+            "--store",
+            "-s",
+            envvar=ENV_VAR,
+            metavar="URL",
+            help="History store URL (sqlite, postgresql or redis).",
+            show_default=True,
+        ),
+    ] = DEFAULT_URL,
+    timeout: Annotated[
+        float,
+        typer.Option(min=0.1, help="Seconds to wait for the store to connect."),
+    ] = 10.0,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress",
+            help="Progress bars on long exports and purges [default: when stderr is a terminal].",
+            show_default=False,
+        ),
+    ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log details (and tracebacks) to stderr.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    ctx.obj = Settings(
+        store_url=store.strip() or DEFAULT_URL,
+        timeout=timeout,
+        verbose=verbose,
+        progress=progress,
+    )
+
+
+# -- running a store operation -----------------------------------------------------------
+
+
+@contextmanager
+def _logging(settings: Settings) -> Iterator[None]:
+    """Route the plugin's warnings (e.g. a corrupt row skipped) to stderr, one line each."""
+    handler = RichHandler(
+        console=settings.err, show_time=False, show_path=False, markup=False, rich_tracebacks=False
+    )
+    level = logging.DEBUG if settings.verbose else logging.WARNING
+    handler.setLevel(level)
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(min(level, old_level) if old_level else level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+def _check_sqlite_file(store: HistoryStore) -> None:
+    # opening a missing file would silently create an empty database: a typo in
+    # the path must not look like "no such user"
+    from .history.stores.sqlite import SqliteStore
+
+    if isinstance(store, SqliteStore) and not store.memory and not Path(store.path).is_file():
+        raise CliError(
+            f"no SQLite history database at {store.path!r} "
+            f"(check --store / {ENV_VAR}; current directory {os.getcwd()!r})",
+            ExitCode.UNAVAILABLE,
+        )
+
+
+@asynccontextmanager
+async def open_cli_store(settings: Settings) -> AsyncIterator[HistoryStore]:
+    """The store of `settings`, opened; failures raise CliError with their exit code."""
+    store = open_store(settings.store_url)
+    _check_sqlite_file(store)
+    try:
+        await asyncio.wait_for(store.open(), settings.timeout)
+    except asyncio.TimeoutError:
+        raise CliError(
+            f"{redact_url(settings.store_url)}: no connection within {settings.timeout:g} s",
+            ExitCode.UNAVAILABLE,
+        ) from None
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def classify(exc: BaseException) -> tuple[ExitCode, str]:
+    """The exit code and one-line message for an exception a command raised."""
+    if isinstance(exc, CliError):
+        return exc.code, str(exc)
+    if isinstance(exc, MissingDriverError):
+        return ExitCode.STORE_ERROR, str(exc)
+    if isinstance(exc, StoreUnavailableError):
+        return ExitCode.UNAVAILABLE, str(exc)
+    if isinstance(exc, StoreError):
+        # the file or server could not be opened at all: unreachable, not broken
+        if exc.op == "open" and isinstance(exc.cause, (sqlite3.OperationalError, OSError)):
+            return ExitCode.UNAVAILABLE, str(exc)
+        return ExitCode.STORE_ERROR, str(exc)
+    if isinstance(exc, (ConnectionError, TimeoutError, asyncio.TimeoutError)):
+        return ExitCode.UNAVAILABLE, f"store unreachable: {_one_line(exc)}"
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first.get("loc", ()))
+        return ExitCode.USAGE, f"invalid input{f' {loc}' if loc else ''}: {first.get('msg')}"
+    if isinstance(exc, ValueError):
+        return ExitCode.USAGE, _one_line(exc)
+    if isinstance(exc, OSError):
+        return ExitCode.UNAVAILABLE, f"store unreachable: {_one_line(exc)}"
+    return ExitCode.STORE_ERROR, f"unexpected error: {_one_line(exc)}"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{first} ({type(exc).__name__})" if first else type(exc).__name__
+
+
+def fail(settings: Settings, exc: BaseException) -> typer.Exit:
+    """Report `exc` as one line on stderr; the Exit to raise."""
+    code, message = classify(exc)
+    if settings.verbose and not isinstance(exc, CliError):
+        settings.err.print_exception(show_locals=False)
+    settings.err.print(f"error: {message}", style="red", markup=False, soft_wrap=True)
+    return typer.Exit(int(code))
+
+
+def run(settings: Settings, op: Callable[[HistoryStore], Awaitable[T]]) -> T:
+    """Open the store, run `op` on it, close it; any failure exits with its code."""
+
+    async def main() -> T:
+        async with open_cli_store(settings) as store:
+            return await op(store)
+
+    with _logging(settings):
+        try:
+            return asyncio.run(main())
+        except (typer.Exit, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            raise fail(settings, e) from None
+
+
+def _user(settings: Settings, user: str) -> str:
+    try:
+        return _user_id_adapter.validate_python(user)
+    except ValidationError as e:
+        msg = e.errors()[0].get("msg", "invalid")
+        raise fail(settings, CliError(f"invalid user id {user!r}: {msg}", ExitCode.USAGE)) from None
+
+
+@dataclass
+class UserRecord:
+    user_id: str
+    turns: int
+    summary: Summary | None
+    facts: list[Fact]
+
+
+async def require_user(store: HistoryStore, user_id: str) -> UserRecord:
+    """What is stored for `user_id`; CliError(NOT_FOUND) when nothing is."""
+    turns = await store.count_turns(user_id)
+    summary = await store.load_summary(user_id)
+    facts = await store.load_facts(user_id)
+    if not turns and summary is None and not facts:
+        raise CliError(f"unknown user {user_id!r}: no history in {store.url}", ExitCode.NOT_FOUND)
+    return UserRecord(user_id, turns, summary, facts)
+
+
+async def load_all_turns(
+    store: HistoryStore,
+    user_id: str,
+    *,
+    page: int = _EXPORT_PAGE,
+    on_page: Callable[[int], None] | None = None,
+) -> list[Turn]:
+    """Every turn of a user, oldest first, read newest-first in pages.
+
+    The store pages with a strict `before=` timestamp. A page's oldest
+    timestamp may have more turns than the page holds, so those are left out
+    and the next page starts just after that timestamp (timestamps are whole
+    microseconds in every store): a tie at a page boundary is never lost or
+    read twice.
+    """
+    pages: list[list[Turn]] = []
+    before: datetime | None = None
+    size = page
+    while True:
+        batch = await store.load_latest(user_id, size, before=before)
+        if len(batch) < size:
+            pages.append(batch)
+            break
+        oldest = batch[0].created_at
+        newer = [t for t in batch if t.created_at > oldest]
+        if not newer:  # a whole page on one timestamp: read wider
+            size *= 2
+            continue
+        pages.append(newer)
+        if on_page is not None:
+            on_page(len(newer))
+        before = oldest + timedelta(microseconds=1)
+        size = page
+    if on_page is not None:
+        on_page(len(pages[-1]))
+    return [t for p in reversed(pages) for t in p]
+
+
+@contextmanager
+def _progress(settings: Settings, enabled: bool) -> Iterator[Progress]:
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=settings.err,
+        transient=False,
+        disable=not enabled,
+    )
+    with progress:
+        yield progress
+
+
+def _fmt_time(dt: datetime) -> str:
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+# -- show ---------------------------------------------------------------------------------
+
+
+def _turns_table(turns: Sequence[Turn], title: str) -> Table:
+    table = Table(title=title, title_justify="left", show_lines=False, expand=False)
+    table.add_column("time (UTC)", no_wrap=True, style="dim")
+    table.add_column("call", no_wrap=True)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("speaker", no_wrap=True)
+    table.add_column("agent", no_wrap=True, style="cyan")
+    table.add_column("text", overflow="fold", ratio=1)
+    for i, t in enumerate(turns):
+        speaker = _SPEAKER[t.role]
+        if t.interrupted:
+            speaker += " (interrupted)"
+        if t.source.value != "voice":
+            speaker += f" [{t.source.value}]"
+        last_of_call = i + 1 == len(turns) or turns[i + 1].conversation_id != t.conversation_id
+        table.add_row(
+            _fmt_time(t.created_at),
+            escape(t.conversation_id),
+            str(t.seq),
+            escape(speaker),
+            escape(t.agent_id or ""),
+            escape(t.text),
+            end_section=last_of_call,
+            style="bold" if t.role is Role.USER else None,
+        )
+    return table
+
+
+def _facts_table(facts: Sequence[Fact]) -> Table:
+    table = Table(title="Durable facts", title_justify="left")
+    table.add_column("key", no_wrap=True, style="cyan")
+    table.add_column("fact", overflow="fold")
+    table.add_column("since (UTC)", no_wrap=True, style="dim")
+    for f in facts:
+        table.add_row(escape(f.key), escape(f.text), _fmt_time(f.created_at))
+    return table
+
+
+def _summary_panel(summary: Summary) -> Panel:
+    return Panel(
+        escape(summary.text),
+        title=(
+            f"Summary of {summary.turn_count} older turns until "
+            f"{_fmt_time(summary.covers_until)} ({escape(summary.method)})"
+        ),
+        title_align="left",
+    )
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    user: Annotated[str, typer.Argument(help="The caller's user id.")],
+    limit: Annotated[
+        int,
+        typer.Option("--limit", "-n", min=0, help="Show the newest N turns; 0 shows all."),
+    ] = _SHOW_DEFAULT_LIMIT,
+) -> None:
+    """Show a caller's stored conversation as a table, with summary and facts."""
+    settings = _settings(ctx)
+    user_id = _user(settings, user)
+
+    async def op(store: HistoryStore) -> tuple[UserRecord, list[Turn]]:
+        record = await require_user(store, user_id)
+        if limit == 0:
+            return record, await load_all_turns(store, user_id)
+        return record, await store.load_latest(user_id, limit)
+
+    record, turns = run(settings, op)
+    out = settings.out
+    calls = len({t.conversation_id for t in turns})
+    shown = (
+        f"{len(turns)} turns"
+        if len(turns) == record.turns
+        else f"newest {len(turns)} of {record.turns} turns (--limit 0 for all)"
+    )
+    title = f"History of {escape(user_id)!s}: {shown} in {calls} call{'s' if calls != 1 else ''}"
+    if turns:
+        out.print(_turns_table(turns, title))
+    else:
+        out.print(f"{title}", markup=False)
+    if record.summary is not None:
+        out.print(_summary_panel(record.summary))
+    if record.facts:
+        out.print(_facts_table(record.facts))
+
+
+# -- export --------------------------------------------------------------------------------
+
+
+def export_records(
+    user_id: str, turns: Sequence[Turn], summary: Summary | None, facts: Sequence[Fact]
+) -> Iterator[dict[str, Any]]:
+    """The JSONL records of an export: turns oldest first, then the summary and facts.
+
+    Each record is the stored model's JSON with a `type` of "turn", "summary" or "fact".
+    """
+    for t in turns:
+        yield {"type": "turn", **t.model_dump(mode="json")}
+    if summary is not None:
+        yield {"type": "summary", **summary.model_dump(mode="json")}
+    for f in facts:
+        yield {"type": "fact", **f.model_dump(mode="json")}
+
+
+def _write_jsonl(records: Iterator[dict[str, Any]], stream: TextIO) -> int:
+    n = 0
+    for rec in records:
+        stream.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n")
+        n += 1
+    return n
+
+
+def _write_file_atomically(path: Path, write: Callable[[TextIO], int]) -> int:
+    # a partial export never takes the place of a complete one
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            n = write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return n
+
+
+@app.command()
+def export(
+    ctx: typer.Context,
+    user: Annotated[str, typer.Argument(help="The caller's user id.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Write to FILE (replaced atomically when complete) instead of stdout.",
+            dir_okay=False,
+            metavar="FILE",
+        ),
+    ] = None,
+) -> None:
+    """Export everything stored for a caller as JSON lines (turns, summary, facts)."""
+    settings = _settings(ctx)
+    user_id = _user(settings, user)
+    if out is not None and out != Path("-") and not out.parent.is_dir():
+        raise fail(settings, CliError(f"no such directory: {str(out.parent)!r}", ExitCode.USAGE))
+
+    async def op(store: HistoryStore) -> tuple[UserRecord, list[Turn]]:
+        record = await require_user(store, user_id)
+        big = record.turns >= _PROGRESS_MIN_TURNS
+        with _progress(settings, settings.show_progress and big) as progress:
+            task = progress.add_task(f"Exporting {user_id}", total=record.turns)
+            turns = await load_all_turns(
+                store, user_id, on_page=lambda n: progress.advance(task, n)
+            )
+            progress.update(task, completed=len(turns), total=len(turns))
+        return record, turns
+
+    record, turns = run(settings, op)
+    records = export_records(user_id, turns, record.summary, record.facts)
+    if out is None or out == Path("-"):
+        _write_jsonl(records, sys.stdout)
+        sys.stdout.flush()
+        return
+    try:
+        n = _write_file_atomically(out, lambda f: _write_jsonl(records, f))
+    except OSError as e:
+        raise fail(
+            settings, CliError(f"cannot write {str(out)!r}: {e.strerror or e}", ExitCode.USAGE)
+        ) from None
+    settings.err.print(
+        f"exported {n} records of {user_id!r} ({len(turns)} turns, "
+        f"{'1 summary' if record.summary else 'no summary'}, {len(record.facts)} facts) to {out}",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+# -- preview ---------------------------------------------------------------------------------
+
+
+class Mode(str, Enum):
+    items = "items"
+    packed = "packed"
+    instructions = "instructions"
+
+
+class WireDialect(str, Enum):
+    beta = "beta"
+    ga = "ga"
+
+
+class Provider(str, Enum):
+    azure = "azure"
+    openai = "openai"
+
+
+PreviewMode = Literal["items", "packed", "instructions"]
+PreviewDialect = Literal["beta", "ga"]
+
+_DIALECT_LABEL = {
+    "beta": "beta (Azure OpenAI api-version / legacy deployments)",
+    "ga": "ga (OpenAI, Azure OpenAI /v1)",
+}
+
+
+@dataclass(frozen=True)
+class PreviewRequest:
+    user_id: str
+    mode: PreviewMode = "packed"
+    budget: int | None = None  # None: computed from the model's context window
+    instructions: str = ""
+    model: str = "gpt-realtime"
+    dialects: tuple[PreviewDialect, ...] = ("beta", "ga")
+
+
+@dataclass
+class PreviewEvent:
+    event: dict[str, Any]
+    role: str
+    tokens: int
+
+
+@dataclass
+class PreviewResult:
+    request: PreviewRequest
+    budget: int
+    budget_computed: bool
+    context_window: int
+    stored_turns: int
+    replayed_turns: int
+    truncated_turn: bool
+    summary_stored: bool
+    summary_replayed: bool
+    summary_truncated: bool
+    facts: int
+    history_tokens: int
+    instructions: str
+    instructions_tokens: int
+    events: dict[str, list[PreviewEvent]]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "user_id": self.request.user_id,
+            "mode": self.request.mode,
+            "model": self.request.model,
+            "context_window": self.context_window,
+            "budget": self.budget,
+            "budget_computed": self.budget_computed,
+            "history_tokens": self.history_tokens,
+            "stored_turns": self.stored_turns,
+            "replayed_turns": self.replayed_turns,
+            "truncated_turn": self.truncated_turn,
+            "summary": {
+                "stored": self.summary_stored,
+                "replayed": self.summary_replayed,
+                "truncated": self.summary_truncated,
+            },
+            "facts": self.facts,
+            "instructions": {"text": self.instructions, "tokens": self.instructions_tokens},
+            "events": {
+                dialect: [{"tokens": e.tokens, "event": e.event} for e in events]
+                for dialect, events in self.events.items()
+            },
+        }
+
+
+def _event_ids() -> Callable[[str], str]:
+    # deterministic ids, so two previews of the same history compare equal
+    counter = iter(range(1, 1_000_000))
+    return lambda kind: f"preview_{kind}_{next(counter)}"
+
+
+async def build_preview(store: HistoryStore, request: PreviewRequest) -> PreviewResult:
+    """What the next call of `request.user_id` sends, computed as a call start does.
+
+    Load, budget, select and render as the plugin does when a call starts, then
+    the replay engine's own first burst for a fresh connection (nothing on the
+    server yet), per dialect: the events are exactly what goes on the wire,
+    except their event ids. The stored summary is shown as is (a call start
+    may first fold older turns into it).
+    """
+    from livekit.agents import llm
+
+    from .history.budget import (
+        BudgetConfig,
+        compute_history_budget,
+        context_window_for,
+        select_history,
+    )
+    from .history.render import render_history
+    from .history.tokens import message_tokens
+    from .replay.engine import ReplayEngine, SendEvent
+    from .replay.plan import plan_update
+
+    cfg = BudgetConfig()
+    user_id, mode = request.user_id, request.mode
+    stored = await store.count_turns(user_id)
+    turns = await store.load_latest(user_id, cfg.max_recent_turns)
+    summary = await store.load_summary(user_id)
+    facts = await store.load_facts(user_id)
+    budget = request.budget
+    if budget is None:
+        budget = compute_history_budget(
+            request.model, request.instructions, None, cfg, facts=facts, mode=mode
+        )
+    selection = select_history(turns, summary, budget, mode=mode, cfg=cfg)
+    rendered = render_history(selection, facts, mode, agent_instructions=request.instructions)
+
+    tokens_by_id: dict[str, tuple[str, int]] = {}
+    for item in rendered.chat_ctx.items:
+        if isinstance(item, llm.ChatMessage):
+            text = item.text_content or ""
+            tokens_by_id[item.id] = (item.role, message_tokens(item.role, text))
+    events: dict[str, list[PreviewEvent]] = {}
+    for dialect in request.dialects:
+        plan = plan_update(rendered.chat_ctx, llm.ChatContext.empty(), dialect)
+        engine = ReplayEngine(
+            plan.creates, plan.deletes, remote_order=plan.remote_order, new_event_id=_event_ids()
+        )
+        sent = [o.event for o in engine.start(0.0) if isinstance(o, SendEvent)]
+        events[dialect] = [
+            PreviewEvent(ev, *tokens_by_id.get(str(ev.get("item", {}).get("id")), ("", 0)))
+            for ev in sent
+        ]
+    return PreviewResult(
+        request=request,
+        budget=budget,
+        budget_computed=request.budget is None,
+        context_window=context_window_for(request.model),
+        stored_turns=stored,
+        replayed_turns=len(selection.turns),
+        truncated_turn=selection.truncated_turn,
+        summary_stored=summary is not None,
+        summary_replayed=selection.summary is not None,
+        summary_truncated=selection.summary_truncated,
+        facts=len(facts),
+        history_tokens=rendered.history_tokens,
+        instructions=rendered.instructions,
+        instructions_tokens=rendered.instructions_tokens,
+        events=events,
+    )
+
+
+def render_preview(result: PreviewResult, out: Console) -> None:
+    req = result.request
+    budget_note = (
+        f"computed for {req.model} ({result.context_window:,}-token window)"
+        if result.budget_computed
+        else "given"
+    )
+    summary = (
+        "none stored"
+        if not result.summary_stored
+        else ("replayed" + (" (cut)" if result.summary_truncated else ""))
+        if result.summary_replayed
+        else "stored but does not fit"
+    )
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("caller", escape(req.user_id))
+    head.add_row("mode", req.mode)
+    head.add_row("budget", f"{result.budget:,} tokens ({budget_note})")
+    head.add_row(
+        "history",
+        f"{result.history_tokens:,} tokens: {result.replayed_turns} of {result.stored_turns} "
+        f"stored turns{' (newest cut)' if result.truncated_turn else ''}, summary {summary}",
+    )
+    head.add_row("facts", f"{result.facts} (in the instructions)")
+    out.print(Panel(head, title="Next call preview", title_align="left"))
+    out.print(
+        Panel(
+            escape(result.instructions) or "[dim](empty)[/dim]",
+            title=f"instructions (session.update) - {result.instructions_tokens:,} tokens",
+            title_align="left",
+        )
+    )
+    for dialect, events in result.events.items():
+        out.print(
+            f"[bold]{escape(_DIALECT_LABEL.get(dialect, dialect))}[/bold]: {len(events)} events"
+        )
+        if not events:
+            out.print("  [dim](nothing to replay)[/dim]")
+        for i, ev in enumerate(events, 1):
+            body = json.dumps(ev.event, ensure_ascii=False, indent=2)
+            out.print(
+                Panel(
+                    Syntax(body, "json", word_wrap=True, theme="ansi_dark"),
+                    title=f"{i}. {ev.event.get('type')} - {ev.role} - {ev.tokens:,} tokens",
+                    title_align="left",
+                )
+            )
+
+
+@app.command()
+def preview(
+    ctx: typer.Context,
+    user: Annotated[str, typer.Argument(help="The caller's user id.")],
+    mode: Annotated[Mode, typer.Option("--mode", "-m", help="Replay mode.")] = Mode.packed,
+    budget: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="History budget in tokens [default: computed from the model's context window].",
+            show_default=False,
+        ),
+    ] = None,
+    instructions: Annotated[
+        str, typer.Option(help="The agent's own instructions (facts and history are added).")
+    ] = "",
+    model: Annotated[
+        str, typer.Option(help="Realtime model name (sets the context window).")
+    ] = "gpt-realtime",
+    dialect: Annotated[
+        list[WireDialect] | None,
+        typer.Option(
+            "--dialect",
+            "-d",
+            help="Wire dialect(s) to show: beta (Azure api-version) and/or ga [default: both].",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document instead of tables.")
+    ] = False,
+) -> None:
+    """Show exactly what the next call of a caller would send: the conversation.item.create
+    events per dialect and the instructions, with token counts."""
+    settings = _settings(ctx)
+    user_id = _user(settings, user)
+    request = PreviewRequest(
+        user_id=user_id,
+        mode=mode.value,  # type: ignore[arg-type]
+        budget=budget,
+        instructions=instructions,
+        model=model,
+        dialects=tuple(dict.fromkeys(d.value for d in dialect or list(WireDialect))),  # type: ignore[arg-type]
+    )
+
+    async def op(store: HistoryStore) -> PreviewResult:
+        await require_user(store, user_id)
+        return await build_preview(store, request)
+
+    result = run(settings, op)
+    if as_json:
+        sys.stdout.write(json.dumps(result.as_json(), ensure_ascii=False, indent=2) + "\n")
+        return
+    render_preview(result, settings.out)
+
+
+# -- delete / purge --------------------------------------------------------------------------
+
+
+@app.command()
+def delete(
+    ctx: typer.Context,
+    user: Annotated[str, typer.Argument(help="The caller's user id.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete everything stored for a caller (turns, summary, facts)."""
+    settings = _settings(ctx)
+    user_id = _user(settings, user)
+    record = run(settings, lambda store: require_user(store, user_id))
+    what = (
+        f"{record.turns} turns, {'a summary' if record.summary else 'no summary'} and "
+        f"{len(record.facts)} facts of {user_id!r} from {redact_url(settings.store_url)}"
+    )
+    if not yes:
+        try:
+            confirmed = typer.confirm(f"Delete {what}?", default=False, err=True)
+        except typer.Abort:
+            confirmed = False
+        if not confirmed:
+            raise fail(
+                settings,
+                CliError("not confirmed: nothing deleted (pass --yes in scripts)", ExitCode.USAGE),
+            )
+    deleted = run(settings, lambda store: store.delete_user(user_id))
+    settings.out.print(
+        f"deleted {deleted} turns, {'the summary' if record.summary else 'no summary'} and "
+        f"{len(record.facts)} facts of {user_id!r}",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+def parse_age(value: str) -> timedelta:
+    """'30d', '12h', '90m', '45s' or '2w' -> timedelta."""
+    m = _AGE_RE.fullmatch(value)
+    if m is None:
+        raise typer.BadParameter(f"{value!r} is not an age: use a number and s/m/h/d/w, e.g. 30d")
+    return timedelta(seconds=int(m.group(1)) * _AGE_UNITS[m.group(2).lower()])
+
+
+@app.command()
+def purge(
+    ctx: typer.Context,
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than",
+            metavar="AGE",
+            help="Delete turns older than AGE (e.g. 30d, 12h, 2w), for every user.",
+        ),
+    ],
+) -> None:
+    """Delete old turns of every caller; summaries and facts are kept."""
+    settings = _settings(ctx)
+    try:
+        age = parse_age(older_than)
+    except typer.BadParameter as e:
+        raise fail(
+            settings, CliError(f"invalid --older-than: {e.message}", ExitCode.USAGE)
+        ) from None
+    now = datetime.now(timezone.utc)
+
+    async def op(store: HistoryStore) -> int:
+        with _progress(settings, settings.show_progress) as progress:
+            task: TaskID = progress.add_task("Purging old turns", total=None)
+            deleted = await store.purge_older_than(
+                age, now=now, progress=lambda n: progress.update(task, completed=n)
+            )
+            progress.update(task, completed=deleted, total=deleted)
+        return deleted
+
+    deleted = run(settings, op)
+    settings.out.print(
+        f"purged {deleted} turns older than {older_than.strip()} (before {_fmt_time(now - age)} UTC) "
+        f"from {redact_url(settings.store_url)}; summaries and facts kept",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+# -- stats ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def stats(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Counts of users, calls, turns, summaries and facts in the store."""
+    settings = _settings(ctx)
+    result = run(settings, lambda store: store.stats())
+    if as_json:
+        data = {"store": redact_url(settings.store_url), **result.model_dump(mode="json")}
+        sys.stdout.write(json.dumps(data) + "\n")
+        return
+    table = Table(
+        title=f"History store {escape(redact_url(settings.store_url))}", title_justify="left"
+    )
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for name, value in result.model_dump().items():
+        table.add_row(name.replace("_", " "), f"{value:,}")
+    settings.out.print(table)
+
+
+# -- demo ------------------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    db: Annotated[
+        Path | None,
+        typer.Option(
+            help="Keep the demo's SQLite store in this file [default: a temporary one]. "
+            "The demo never uses --store.",
+            dir_okay=False,
+        ),
+    ] = None,
+    user: Annotated[str, typer.Option(help="The demo caller's user id.")] = "demo-caller",
+    provider: Annotated[
+        Provider,
+        typer.Option(help="Which realtime API the emulator plays (azure: legacy beta dialect)."),
+    ] = Provider.azure,
+) -> None:
+    """Run the offline demo: two calls of one caller against a local realtime emulator."""
+    from .demo import run_demo
+
+    settings = _settings(ctx)
+    user_id = _user(settings, user)
+    with _logging(settings):
+        try:
+            asyncio.run(
+                run_demo(
+                    db_path=db,
+                    user_id=user_id,
+                    provider=provider.value,  # type: ignore[arg-type]
+                    console=settings.out,
+                    verbose=settings.verbose,
+                )
+            )
+        except (typer.Exit, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            raise fail(settings, e) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point; returns the exit code."""
+    try:
+        app(args=list(argv) if argv is not None else None, prog_name="livekit-history")
+    except SystemExit as e:
+        code = e.code
+        return code if isinstance(code, int) else (0 if code is None else ExitCode.USAGE)
+    return ExitCode.OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,16 @@
+# Shared by scripts/test and scripts/demo: a project venv in .venv with the
+# package installed editable. Needs only python3 (>= 3.10) and the package
+# registry; uv is installed with pip when missing.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="$(command -v python3.11 || command -v python3.12 || command -v python3)"
+if ! command -v uv >/dev/null 2>&1; then
+  "$PY" -m pip install --quiet uv >&2
+  export PATH="$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$HOME/.local/bin:$PATH"
+fi
+export UV_PYTHON="$PY"
+if [ ! -x .venv/bin/python ]; then
+  uv venv --quiet -p "$PY" .venv >&2
+fi
+VIRTUAL_ENV="$ROOT/.venv" uv pip install --quiet -e ".[dev]" >&2
