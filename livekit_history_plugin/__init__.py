@@ -38,7 +38,24 @@ _EXPORTS: dict[str, str] = {
     "Summary": ".history.models",
 }
 
-__all__ = ["__version__", "logger", *_EXPORTS]
+__all__ = [
+    "__version__",
+    "logger",
+    "wrap_realtime_model",
+    "adapter_of",
+    "ReplayOptions",
+    "sanitize_chat_ctx",
+    "sanitize_chat_ctx_report",
+    "SanitizeResult",
+    "DroppedItem",
+    "HistoryPlugin",
+    "HistoryConfig",
+    "open_store",
+    "HistoryStore",
+    "Turn",
+    "Fact",
+    "Summary",
+]
 
 
 def __getattr__(name: str) -> Any:

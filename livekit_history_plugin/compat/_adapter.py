@@ -302,8 +302,11 @@ class SessionAdapter:
         if self._driver is None and not self._finished:
             self._orig_ack(event)
             return
-        raw = {"type": "conversation.item.added", "item": {"id": item_id}}
-        raw["previous_item_id"] = getattr(event, "previous_item_id", None)
+        raw: dict[str, Any] = {
+            "type": "conversation.item.added",
+            "item": {"id": item_id},
+            "previous_item_id": getattr(event, "previous_item_id", None),
+        }
         claimed = self._feed(raw, item_id)
         if claimed and item_id is not None and self.mirror.get(item_id) is not None:
             return  # a duplicate ack of an item already mirrored

@@ -716,8 +716,13 @@ class EmulatorSession:
             return
         index = event["content_index"]
         content = item.get("content") or []
-        if item.get("role") != "assistant" or not 0 <= index < len(content):
-            # not documented; the closest documented rule (only assistant audio truncates)
+        part = content[index] if 0 <= index < len(content) else None
+        if (
+            item.get("role") != "assistant"
+            or not isinstance(part, dict)
+            or part.get("type") not in ("audio", "output_audio")
+        ):
+            # wording not documented; the documented rule: only assistant audio truncates
             self._error(
                 ProviderError(
                     "invalid_value",
@@ -729,9 +734,7 @@ class EmulatorSession:
             return
         # truncating drops the server-side transcript, so no unheard text stays in context
         new_content = list(content)
-        new_content[index] = {
-            k: v for k, v in content[index].items() if k not in ("transcript", "text")
-        } | {"transcript": None}
+        new_content[index] = {**part, "transcript": None}
         self._items[item_id] = {**item, "content": new_content}
         self.truncations[item_id] = int(event["audio_end_ms"])
         self._queue(

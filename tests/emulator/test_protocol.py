@@ -347,17 +347,29 @@ async def test_delete_retrieve_truncate(
         "item_retrieve_invalid_item_id",
         "Error retrieving item: the item with id 'zz' does not exist.",
     )
-    truncate = {
+    text_truncate = {
         "type": "conversation.item.truncate",
         "item_id": "b",
         "content_index": 0,
         "audio_end_ms": 50,
     }
-    done = await c.request(truncate, "conversation.item.truncated")
-    assert (done[-1]["item_id"], done[-1]["audio_end_ms"]) == ("b", 50)
-    assert emulator.last_session.truncations == {"b": 50}
-    err = await c.error_for({**truncate, "item_id": "nope"})
-    assert err["code"] == "item_truncate_invalid_item_id"
+    err = await c.error_for(text_truncate)
+    assert (err["code"], err["param"]) == ("invalid_value", "content_index")
+    err = await c.error_for({**text_truncate, "item_id": "nope"})
+    assert (err["code"], err["message"]) == (
+        "item_truncate_invalid_item_id",
+        "Error truncating item: the item with id 'nope' does not exist.",
+    )
+    # an audio reply (the default session outputs audio) can be truncated
+    await c.request({"type": "response.create"}, "response.done")
+    spoken = emulator.last_session.responses[-1].item_id
+    done = await c.request(
+        {**text_truncate, "item_id": spoken, "audio_end_ms": 40}, "conversation.item.truncated"
+    )
+    assert (done[-1]["item_id"], done[-1]["audio_end_ms"]) == (spoken, 40)
+    assert emulator.last_session.truncations == {spoken: 40}
+    # the unheard transcript is gone from the server context
+    assert emulator.last_session.item(spoken)["content"][0]["transcript"] is None  # type: ignore[index]
     # a delete missing its item_id fails the SDK model of the event
     err = await c.error_for({"type": "conversation.item.delete"})
     assert (err["code"], err["param"]) == ("missing_required_parameter", "item_id")

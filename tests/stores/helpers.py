@@ -285,7 +285,9 @@ class RedisBackend(Backend):
         finally:
             await client.aclose()
 
-    async def raw_entry(self, user_id: str, member: bytes, payload: bytes | None, score: float) -> None:
+    async def raw_entry(
+        self, user_id: str, member: bytes, payload: bytes | None, score: float
+    ) -> None:
         """A zset member and (unless None) its hash value, exactly as given."""
         p = self.prefix
         idem = member.split(b"\x00", 2)[-1]

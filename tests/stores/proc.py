@@ -1,12 +1,12 @@
 """Child-process entry points for the store tests (a real second process).
 
-    proc.py append URL USER CONV N    wait for "go" on stdin, then append N turns of
-                                      CONV one by one, interleaved with the shared
-                                      conversation "both" (same keys in every worker)
-    proc.py written URL USER          record turns forever through a HistoryWriter,
-                                      printing "written KEY" from on_written
-    proc.py diskfull URL LIMIT        append under RLIMIT_FSIZE=LIMIT bytes until the
-                                      store fails; print "ok TOTAL" / "error MESSAGE"
+proc.py append URL USER CONV N    wait for "go" on stdin, then append N turns of
+                                  CONV one by one, interleaved with the shared
+                                  conversation "both" (same keys in every worker)
+proc.py written URL USER          record turns forever through a HistoryWriter,
+                                  printing "written KEY" from on_written
+proc.py diskfull URL LIMIT        append under RLIMIT_FSIZE=LIMIT bytes until the
+                                  store fails; print "ok TOTAL" / "error MESSAGE"
 """
 
 from __future__ import annotations

@@ -239,7 +239,9 @@ async def test_no_api_returns_another_users_data(
         fact_user = TRICKY_USERS[ops[0][0]]
         await store.save_fact(Fact(user_id=fact_user, key="k", text=f"fact of {fact_user}"))
         await store.save_summary(
-            Summary(user_id=fact_user, text=f"summary of {fact_user}", covers_until=T0, turn_count=1)
+            Summary(
+                user_id=fact_user, text=f"summary of {fact_user}", covers_until=T0, turn_count=1
+            )
         )
         users = sorted(expected)
         assert await store.list_users() == users
@@ -317,7 +319,9 @@ async def test_purge_older_than(backend: Backend, monkeypatch: pytest.MonkeyPatc
         # what remains of old history: its summary and facts
         assert await store.load_summary("old") is not None
         assert [f.text for f in await store.load_facts("old")] == ["kept"]
-        assert await store.purge_older_than(timedelta(hours=1), now=at(25) + timedelta(hours=1)) == 0
+        assert (
+            await store.purge_older_than(timedelta(hours=1), now=at(25) + timedelta(hours=1)) == 0
+        )
         assert await store.purge_older_than(timedelta(0), now=at(-1)) == 0
 
 
@@ -376,7 +380,9 @@ async def test_stats_and_list_users(backend: Backend) -> None:
         await store.save_fact(Fact(user_id="only-fact", key="k", text="v"))
         await store.save_fact(Fact(user_id="u1", key="k", text="v"))
         await store.save_fact(Fact(user_id="u1", key="k2", text="v"))
-        await store.save_summary(Summary(user_id="only-summary", text="s", covers_until=T0, turn_count=0))
+        await store.save_summary(
+            Summary(user_id="only-summary", text="s", covers_until=T0, turn_count=0)
+        )
         stats = await store.stats()
         assert await store.list_users() == ["only-fact", "only-summary", "u1", "u2"]
     assert stats.users == 4
@@ -483,7 +489,9 @@ async def test_hostile_redis_entries(
     assert "missing" in text.lower() or "Field required" in text
 
 
-async def test_hostile_sqlite_rows(sqlite_backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
+async def test_hostile_sqlite_rows(
+    sqlite_backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, logger=LOGGER)
     b = sqlite_backend
     async with b.store() as store:
