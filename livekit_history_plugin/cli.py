@@ -312,8 +312,8 @@ def classify(exc: BaseException) -> tuple[ExitCode, str]:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first.get("loc", ()))
         return ExitCode.USAGE, f"invalid input{f' {loc}' if loc else ''}: {first.get('msg')}"
-    if isinstance(exc, ValueError):
-        return ExitCode.USAGE, _one_line(exc)
+    if isinstance(exc, ValueError):  # our own messages: already say what is wrong
+        return ExitCode.USAGE, str(exc).strip().splitlines()[0] if str(exc).strip() else "bad input"
     if isinstance(exc, OSError):
         return ExitCode.UNAVAILABLE, f"store unreachable: {_one_line(exc)}"
     return ExitCode.STORE_ERROR, f"unexpected error: {_one_line(exc)}"
@@ -784,7 +784,7 @@ async def build_preview(store: HistoryStore, request: PreviewRequest) -> Preview
 def render_preview(result: PreviewResult, out: Console) -> None:
     req = result.request
     budget_note = (
-        f"computed for {req.model} ({result.context_window:,}-token window)"
+        f"computed for {req.model}, {result.context_window:,}-token window"
         if result.budget_computed
         else "given"
     )
@@ -817,7 +817,7 @@ def render_preview(result: PreviewResult, out: Console) -> None:
     )
     for dialect, events in result.events.items():
         out.print(
-            f"[bold]{escape(_DIALECT_LABEL.get(dialect, dialect))}[/bold]: {len(events)} events"
+            f"[bold]{escape(_DIALECT_LABEL.get(dialect, dialect))}[/bold]: {len(events)} event{'s' if len(events) != 1 else ''}"
         )
         if not events:
             out.print("  [dim](nothing to replay)[/dim]")
@@ -987,9 +987,8 @@ def stats(
         data = {"store": redact_url(settings.store_url), **result.model_dump(mode="json")}
         sys.stdout.write(json.dumps(data) + "\n")
         return
-    table = Table(
-        title=f"History store {escape(redact_url(settings.store_url))}", title_justify="left"
-    )
+    settings.out.print(f"store: {redact_url(settings.store_url)}", markup=False, soft_wrap=True)
+    table = Table()
     table.add_column("what")
     table.add_column("count", justify="right")
     for name, value in result.model_dump().items():

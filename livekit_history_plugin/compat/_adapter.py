@@ -108,6 +108,7 @@ class SessionAdapter:
         self._listening_raw = False
         self._lock: asyncio.Lock = getattr(session, "_update_chat_ctx_lock", None) or asyncio.Lock()
         self.audio_gate = AudioGateStats()
+        self._reasserted = False
         self._held: collections.deque[Any] | None = None
         self._created_at = time.monotonic()
 
@@ -201,7 +202,24 @@ class SessionAdapter:
                 self._log_result(plan, result)
                 if driver.aborted != CONNECTION_RESET:
                     break
+            if self.last_result is not None and self.last_result.confirmed:
+                self._reassert_session()
         self._open_audio_gate("replayed")
+
+    def _reassert_session(self) -> None:
+        """Send the session's own `session.update` again after history landed.
+
+        Replayed text items pull realtime models towards text-only answers;
+        restating the configured output modalities (and instructions) right
+        after them is the cheapest counterweight. Once per connection is enough.
+        """
+        if self._reasserted:
+            return
+        build = getattr(self.session, "_create_session_update_event", None)
+        if build is None:
+            return
+        self._reasserted = True
+        self.session.send_event(build())
 
     def _start(self, plan: UpdatePlan) -> ReplayDriver:
         engine = ReplayEngine(
@@ -353,6 +371,7 @@ class SessionAdapter:
 
     def _on_reconnected(self, _ev: Any = None) -> None:
         ctx, self._reconnect_ctx = self._reconnect_ctx, None
+        self._reasserted = False  # a new connection: its replay re-asserts again
         if self._driver is not None:
             # the running update re-plans against the fresh mirror with its own,
             # newer target, which supersedes the reconnect snapshot

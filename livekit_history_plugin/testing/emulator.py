@@ -805,7 +805,8 @@ class EmulatorSession:
         self, event: dict[str, Any], sdk_error: ProviderError | None
     ) -> None:
         # A WebRTC/SIP event; acknowledged as a no-op (the websocket buffer is the client's).
-        self._queue({"type": "output_audio_buffer.cleared", "response_id": None})
+        last = self.responses[-1].id if self.responses else ""
+        self._queue({"type": "output_audio_buffer.cleared", "response_id": last})
 
     # -- responses ---------------------------------------------------------------
 

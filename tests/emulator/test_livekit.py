@@ -156,6 +156,14 @@ async def test_agent_session_text_mode(
         ("assistant", "I see 1 earlier messages. Last user message: hello"),
     ]
     assert unexpected_errors(s) == []
+    # every event this livekit release sent validates against the SDK models
+    assert [f.message for f in emulator.sdk_validation_errors] == []
+
+
+def test_model_kinds_this_release_lacks(emulator: RealtimeEmulator) -> None:
+    missing = "azure-ga" if HAS_BETA_CLASS else "openai-beta"
+    with pytest.raises(NotImplementedError):
+        emulator.realtime_model(missing)  # type: ignore[arg-type]
 
 
 async def test_reconnect_replays_the_conversation(

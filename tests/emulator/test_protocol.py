@@ -676,3 +676,42 @@ async def test_failing_reply_fails_the_response(
     events = await c.request({"type": "response.create"}, "response.done")
     assert [e["type"] for e in events] == ["response.created", "response.done"]
     assert events[-1]["response"]["status"] == "failed"
+
+
+async def test_other_events(emulator: RealtimeEmulator, connect: Connect) -> None:
+    beta = await connect("beta")
+    err = await beta.error_for({"type": "transcription_session.update", "session": {}})
+    assert (err["code"], err["param"]) == ("invalid_value", "type")
+    ga = await connect("ga")
+    cleared = await ga.request({"type": "output_audio_buffer.clear"}, "output_audio_buffer.cleared")
+    assert cleared[-1]["type"] == "output_audio_buffer.cleared"
+    # the GA dialect has no transcription_session.update at all
+    err = await ga.error_for({"type": "transcription_session.update", "session": {}})
+    assert err["message"].startswith("Invalid value: 'transcription_session.update'.")
+
+
+def test_conversation_view_and_default_reply() -> None:
+    items = (
+        {
+            "id": "s",
+            "type": "message",
+            "role": "system",
+            "content": [{"type": "input_text", "text": "rules"}],
+        },
+        {
+            "id": "u",
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_audio", "transcript": "spoken"}],
+        },
+        {"id": "f", "type": "function_call", "call_id": "c", "name": "n", "arguments": "{}"},
+    )
+    view = ConversationView(dialect="ga", items=items, instructions=None, session={}, response={})
+    assert view.texts() == [("system", "rules"), ("user", "spoken")]
+    assert view.last_user_text == "spoken"
+    assert [m["id"] for m in view.messages("system")] == ["s"]
+    from livekit_history_plugin.testing import default_reply
+
+    assert default_reply(view) == "I see 2 earlier messages. Last user message: spoken"
+    empty = ConversationView(dialect="beta", items=(), instructions=None, session={}, response={})
+    assert default_reply(empty) == "I see 0 earlier messages. Last user message: <none>"

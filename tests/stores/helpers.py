@@ -116,6 +116,7 @@ def run_proc(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str
 def popen_proc(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, str(PROC), *args],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

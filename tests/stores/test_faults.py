@@ -47,7 +47,8 @@ async def test_writer_rides_out_a_server_crash(
     server: Server, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger=LOGGER)
-    server.start() if not _up(server) else None
+    if not _up(server):  # a previous test may have left it down
+        server.start()
     async with open_store(store_url(server, "crash")) as store:
         writer = HistoryWriter(store, retry_base=0.02, retry_max=0.25)
         for i in range(10):
@@ -85,7 +86,8 @@ async def test_overflow_while_the_server_is_down(
     server: Server, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
-    server.start() if not _up(server) else None
+    if not _up(server):  # a previous test may have left it down
+        server.start()
     async with open_store(store_url(server, "overflow")) as store:
         writer = HistoryWriter(store, max_buffer=8, retry_base=0.02, retry_max=0.25)
         server.crash()
