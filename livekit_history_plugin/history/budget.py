@@ -2,7 +2,8 @@
 
 `compute_history_budget` turns the model's context window into a token budget for
 replayed history; `select_history` picks, newest first, the turns and summary that
-fit it. Token counts are exact (o200k_base, see `tokens`) for the replay mode
+fit it; `load_selection` does the same straight from a store, loading only about
+as many turns as can fit. Token counts are exact (o200k_base, see `tokens`) for the replay mode
 the selection is made for, framing and per-message overhead included: rendering
 the selection with `render.render_history` in the same mode gives exactly
 `HistorySelection.tokens`.
@@ -30,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..log import logger
 from .models import Fact, Summary, Turn
+from .stores.base import HistoryStore
 from .render import (
     DEFAULT_REPLAY_MODE,
     TRUNCATION_MARK,
@@ -343,3 +345,38 @@ def select_history(
         older_turns=end,
         to_summarize=_not_summarized(turns, end, summary),
     )
+
+
+# first page of `load_selection`; the default max_recent_turns fits in one page
+_FIRST_PAGE = 64
+
+
+async def load_selection(
+    store: HistoryStore,
+    user_id: str,
+    budget: int,
+    *,
+    mode: ReplayMode = DEFAULT_REPLAY_MODE,
+    cfg: BudgetConfig | None = None,
+) -> HistorySelection:
+    """`select_history` over a stored history, loading only the turns it can use.
+
+    Loads the summary and the newest turns a page at a time (the next page sized
+    from what the loaded turns cost) until the walk stops, ``max_recent_turns`` is
+    reached or the store has nothing older. ``to_summarize`` then lists the older
+    turns among those loaded only: a summarizer job should read its backlog from
+    the store itself.
+    """
+    cfg = cfg or BudgetConfig()
+    summary = await store.load_summary(user_id)
+    cap = cfg.max_recent_turns + 1  # one more than can be kept shows whether more exist
+    limit = min(cap, _FIRST_PAGE)
+    while True:
+        turns = await store.load_latest(user_id, limit)
+        selection = select_history(turns, summary, budget, mode=mode, cfg=cfg)
+        every_turn_fitted = len(selection.turns) == len(turns)
+        if len(turns) < limit or limit >= cap or not every_turn_fitted:
+            return selection
+        per_turn = max(1, sum(selection.turn_tokens) // max(1, len(turns)))
+        room = max(0, budget - selection.tokens) // per_turn
+        limit = min(cap, max(limit * 2, len(turns) + room + room // 4 + 1))

@@ -193,3 +193,24 @@ async def test_reconnect_replays_safely(path: Any, emulator: RealtimeEmulator) -
         await session.aclose()
     assert codes == ["invalid_value"]
     assert emulator.typeless_items == 0
+
+
+async def test_session_options_are_reasserted_after_history(
+    path: Any, emulator: RealtimeEmulator
+) -> None:
+    """Replayed text items pull realtime models toward text-only answers, so the
+    session's own configuration (output modalities) is sent again after them."""
+    model = wrap_realtime_model(path.build(emulator))
+    session = await _open_session(model, emulator)
+    ctx, _ = mixed_chat_ctx(reject_at=-1)
+    try:
+        await session.update_chat_ctx(ctx)
+
+        def reasserted() -> bool:
+            types = [e.event["type"] for e in emulator.last_session.received]
+            last_create = max(i for i, t in enumerate(types) if t == "conversation.item.create")
+            return "session.update" in types[last_create:]
+
+        await emulator.wait_until(reasserted, 5)
+    finally:
+        await session.aclose()
