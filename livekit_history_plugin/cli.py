@@ -44,9 +44,18 @@ from rich.syntax import Syntax
 from rich.table import Table
 from typer.core import TyperGroup
 
-from .history.models import Fact, Ident, Role, Summary, Turn
+from .history.budget import BudgetConfig
+from .history.models import ConversationInfo, Fact, Ident, Role, StoreStats, Summary, Turn
+from .history.render import TRUNCATION_MARK
 from .history.stores import DEFAULT_URL, ENV_VAR, HistoryStore, open_store
-from .history.stores.base import MissingDriverError, StoreError, StoreUnavailableError, redact_url
+from .history.stores.base import (
+    MissingDriverError,
+    PurgeProgress,
+    StoreError,
+    StoreUnavailableError,
+    redact_url,
+)
+from .history.tokens import count_tokens
 from .log import logger
 from .version import __version__
 
@@ -221,7 +230,7 @@ def _root(
         bool | None,
         typer.Option(
             "--progress/--no-progress",
-            help="Progress bars on long exports and purges [default: when stderr is a terminal].",
+            help="Progress bars on long exports and purges (default: when stderr is a terminal).",
             show_default=False,
         ),
     ] = None,
@@ -489,7 +498,7 @@ def _summary_panel(summary: Summary) -> Panel:
 @app.command()
 def show(
     ctx: typer.Context,
-    user: Annotated[str, typer.Argument(help="The caller's user id.")],
+    user: Annotated[str, typer.Argument(metavar="USER", help="The caller's user id.")],
     limit: Annotated[
         int,
         typer.Option("--limit", "-n", min=0, help="Show the newest N turns; 0 shows all."),
@@ -566,7 +575,7 @@ def _write_file_atomically(path: Path, write: Callable[[TextIO], int]) -> int:
 @app.command()
 def export(
     ctx: typer.Context,
-    user: Annotated[str, typer.Argument(help="The caller's user id.")],
+    user: Annotated[str, typer.Argument(metavar="USER", help="The caller's user id.")],
     out: Annotated[
         Path | None,
         typer.Option(
@@ -650,6 +659,7 @@ class PreviewRequest:
     budget: int | None = None  # None: computed from the model's context window
     instructions: str = ""
     model: str = "gpt-realtime"
+    tools_json: str = ""
     dialects: tuple[PreviewDialect, ...] = ("beta", "ga")
 
 
@@ -671,7 +681,7 @@ class PreviewResult:
     truncated_turn: bool
     summary_stored: bool
     summary_replayed: bool
-    summary_truncated: bool
+    summary_updated: int  # turns this load folded into the summary
     facts: int
     history_tokens: int
     instructions: str
@@ -693,7 +703,7 @@ class PreviewResult:
             "summary": {
                 "stored": self.summary_stored,
                 "replayed": self.summary_replayed,
-                "truncated": self.summary_truncated,
+                "newly_summarized_turns": self.summary_updated,
             },
             "facts": self.facts,
             "instructions": {"text": self.instructions, "tokens": self.instructions_tokens},
@@ -710,50 +720,144 @@ def _event_ids() -> Callable[[str], str]:
     return lambda kind: f"preview_{kind}_{next(counter)}"
 
 
-async def build_preview(store: HistoryStore, request: PreviewRequest) -> PreviewResult:
-    """What the next call of `request.user_id` sends, computed as a call start does.
+class ReadOnlyStore(HistoryStore):
+    """A store view for previews: reads pass through, writes are not made.
 
-    Load, budget, select and render as the plugin does when a call starts, then
-    the replay engine's own first burst for a fresh connection (nothing on the
-    server yet), per dialect: the events are exactly what goes on the wire,
-    except their event ids. The stored summary is shown as is (a call start
-    may first fold older turns into it).
+    `HistoryPlugin.load` stores a summary it updated; a preview must not. It
+    also logs and swallows store errors (a call must start anyway); a preview
+    must report them, so the first one is kept in `error`.
+    """
+
+    def __init__(self, inner: HistoryStore) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.error: BaseException | None = None
+
+    async def _read(self, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except BaseException as e:
+            self.error = self.error or e
+            raise
+
+    async def open(self) -> None:
+        pass  # the CLI opened the inner store
+
+    async def close(self) -> None:
+        pass
+
+    async def load_latest(
+        self, user_id: str, limit: int, *, before: datetime | None = None
+    ) -> list[Turn]:
+        return await self._read(self.inner.load_latest(user_id, limit, before=before))
+
+    async def count_turns(self, user_id: str) -> int:
+        return await self._read(self.inner.count_turns(user_id))
+
+    async def list_conversations(self, user_id: str) -> list[ConversationInfo]:
+        return await self._read(self.inner.list_conversations(user_id))
+
+    async def list_users(self) -> list[str]:
+        return await self._read(self.inner.list_users())
+
+    async def load_summary(self, user_id: str) -> Summary | None:
+        return await self._read(self.inner.load_summary(user_id))
+
+    async def load_facts(self, user_id: str) -> list[Fact]:
+        return await self._read(self.inner.load_facts(user_id))
+
+    async def stats(self) -> StoreStats:
+        return await self._read(self.inner.stats())
+
+    async def save_summary(self, summary: Summary) -> None:
+        pass  # the preview shows the updated summary; the next real call stores it
+
+    async def append(self, turns: Sequence[Turn]) -> int:
+        raise StoreError(f"{self.url}: a preview does not write", store=self.url, op="append")
+
+    async def delete_user(self, user_id: str) -> int:
+        raise StoreError(f"{self.url}: a preview does not write", store=self.url, op="delete")
+
+    async def purge_older_than(
+        self,
+        age: timedelta,
+        *,
+        now: datetime | None = None,
+        progress: PurgeProgress | None = None,
+    ) -> int:
+        raise StoreError(f"{self.url}: a preview does not write", store=self.url, op="purge")
+
+    async def save_fact(self, fact: Fact) -> None:
+        raise StoreError(f"{self.url}: a preview does not write", store=self.url, op="save_fact")
+
+    async def delete_fact(self, user_id: str, key: str) -> bool:
+        raise StoreError(f"{self.url}: a preview does not write", store=self.url, op="delete_fact")
+
+
+def _fixed_budget(base: BudgetConfig, tokens: int) -> BudgetConfig:
+    """A budget config under which `compute_history_budget` gives exactly `tokens`:
+    window = tokens + reply priming, nothing reserved, all of it for history."""
+    from .history.tokens import REPLY_PRIMING_TOKENS
+
+    return base.model_copy(
+        update={
+            "context_window": tokens + REPLY_PRIMING_TOKENS,
+            "output_reserve": 0,
+            "instructions_tokens": 0,
+            "tools_tokens": 0,
+            "max_history_fraction": 1.0,
+        }
+    )
+
+
+async def build_preview(store: HistoryStore, request: PreviewRequest) -> PreviewResult:
+    """What the next call of `request.user_id` sends.
+
+    The history comes from `HistoryPlugin.load` itself, the call-start code
+    path (budget, selection, summary update, rendering), on a read-only view
+    of the store; the events are the replay engine's first burst on a fresh
+    connection (nothing on the server yet), per dialect: exactly what goes on
+    the wire, except the event ids. Older turns are folded into the summary
+    with the offline extractive summarizer (a deployment with an LLM
+    summarizer words its summary differently).
     """
     from livekit.agents import llm
 
-    from .history.budget import (
-        BudgetConfig,
-        compute_history_budget,
-        context_window_for,
-        select_history,
-    )
-    from .history.render import render_history
+    from .history.budget import context_window_for
+    from .history.plugin import HistoryConfig, HistoryPlugin
     from .history.tokens import message_tokens
     from .replay.engine import ReplayEngine, SendEvent
     from .replay.plan import plan_update
 
-    cfg = BudgetConfig()
-    user_id, mode = request.user_id, request.mode
+    user_id = request.user_id
+    view = ReadOnlyStore(store)
+    base = HistoryConfig(store_url=store.url, mode=request.mode)
+    config = (
+        base
+        if request.budget is None
+        else base.model_copy(update={"budget": _fixed_budget(base.budget, request.budget)})
+    )
+    plugin = HistoryPlugin(view, config)
     stored = await store.count_turns(user_id)
-    turns = await store.load_latest(user_id, cfg.max_recent_turns)
-    summary = await store.load_summary(user_id)
-    facts = await store.load_facts(user_id)
-    budget = request.budget
-    if budget is None:
-        budget = compute_history_budget(
-            request.model, request.instructions, None, cfg, facts=facts, mode=mode
+    summary_stored = await store.load_summary(user_id) is not None
+    with _quiet_budget_warning(request.budget == 0):
+        loaded = await plugin.load(
+            user_id,
+            instructions=request.instructions,
+            tools_json=request.tools_json,
+            model=request.model,
         )
-    selection = select_history(turns, summary, budget, mode=mode, cfg=cfg)
-    rendered = render_history(selection, facts, mode, agent_instructions=request.instructions)
+    if view.error is not None:  # load() carries on without history; a preview must not
+        raise view.error
 
     tokens_by_id: dict[str, tuple[str, int]] = {}
-    for item in rendered.chat_ctx.items:
+    for item in loaded.chat_ctx.items:
         if isinstance(item, llm.ChatMessage):
             text = item.text_content or ""
             tokens_by_id[item.id] = (item.role, message_tokens(item.role, text))
     events: dict[str, list[PreviewEvent]] = {}
     for dialect in request.dialects:
-        plan = plan_update(rendered.chat_ctx, llm.ChatContext.empty(), dialect)
+        plan = plan_update(loaded.chat_ctx, llm.ChatContext.empty(), dialect)
         engine = ReplayEngine(
             plan.creates, plan.deletes, remote_order=plan.remote_order, new_event_id=_event_ids()
         )
@@ -764,21 +868,43 @@ async def build_preview(store: HistoryStore, request: PreviewRequest) -> Preview
         ]
     return PreviewResult(
         request=request,
-        budget=budget,
+        budget=loaded.budget,
         budget_computed=request.budget is None,
-        context_window=context_window_for(request.model),
+        context_window=config.budget.context_window or context_window_for(request.model),
         stored_turns=stored,
-        replayed_turns=len(selection.turns),
-        truncated_turn=selection.truncated_turn,
-        summary_stored=summary is not None,
-        summary_replayed=selection.summary is not None,
-        summary_truncated=selection.summary_truncated,
-        facts=len(facts),
-        history_tokens=rendered.history_tokens,
-        instructions=rendered.instructions,
-        instructions_tokens=rendered.instructions_tokens,
+        replayed_turns=len(loaded.turns),
+        truncated_turn=any(t.text.endswith(TRUNCATION_MARK) for t in loaded.turns[-1:]),
+        summary_stored=summary_stored,
+        summary_replayed=loaded.summary is not None,
+        summary_updated=loaded.summarized_turns,
+        facts=len(loaded.facts),
+        history_tokens=loaded.tokens,
+        instructions=loaded.instructions,
+        instructions_tokens=count_tokens(loaded.instructions),
         events=events,
     )
+
+
+@contextmanager
+def _quiet_budget_warning(quiet: bool) -> Iterator[None]:
+    """`--budget 0` asks for no history: the budget's "no room" warning is noise then."""
+    if not quiet:
+        yield
+        return
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _summary_note(result: PreviewResult) -> str:
+    if not result.summary_replayed:
+        return "stored but does not fit" if result.summary_stored else "none"
+    if result.summary_updated:
+        return f"replayed, updated with {result.summary_updated} older turns"
+    return "replayed"
 
 
 def render_preview(result: PreviewResult, out: Console) -> None:
@@ -788,13 +914,7 @@ def render_preview(result: PreviewResult, out: Console) -> None:
         if result.budget_computed
         else "given"
     )
-    summary = (
-        "none stored"
-        if not result.summary_stored
-        else ("replayed" + (" (cut)" if result.summary_truncated else ""))
-        if result.summary_replayed
-        else "stored but does not fit"
-    )
+    summary = _summary_note(result)
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
@@ -835,13 +955,13 @@ def render_preview(result: PreviewResult, out: Console) -> None:
 @app.command()
 def preview(
     ctx: typer.Context,
-    user: Annotated[str, typer.Argument(help="The caller's user id.")],
+    user: Annotated[str, typer.Argument(metavar="USER", help="The caller's user id.")],
     mode: Annotated[Mode, typer.Option("--mode", "-m", help="Replay mode.")] = Mode.packed,
     budget: Annotated[
         int | None,
         typer.Option(
             min=0,
-            help="History budget in tokens [default: computed from the model's context window].",
+            help="History budget in tokens (default: computed from the model's context window).",
             show_default=False,
         ),
     ] = None,
@@ -851,12 +971,16 @@ def preview(
     model: Annotated[
         str, typer.Option(help="Realtime model name (sets the context window).")
     ] = "gpt-realtime",
+    tools_json: Annotated[
+        str,
+        typer.Option(help="The agent's tools as JSON (their tokens come off the budget)."),
+    ] = "",
     dialect: Annotated[
         list[WireDialect] | None,
         typer.Option(
             "--dialect",
             "-d",
-            help="Wire dialect(s) to show: beta (Azure api-version) and/or ga [default: both].",
+            help="Wire dialect to show, repeatable: beta (Azure api-version) or ga (default: both).",
             show_default=False,
         ),
     ] = None,
@@ -874,6 +998,7 @@ def preview(
         budget=budget,
         instructions=instructions,
         model=model,
+        tools_json=tools_json,
         dialects=tuple(dict.fromkeys(d.value for d in dialect or list(WireDialect))),  # type: ignore[arg-type]
     )
 
@@ -894,7 +1019,7 @@ def preview(
 @app.command()
 def delete(
     ctx: typer.Context,
-    user: Annotated[str, typer.Argument(help="The caller's user id.")],
+    user: Annotated[str, typer.Argument(metavar="USER", help="The caller's user id.")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete everything stored for a caller (turns, summary, facts)."""
@@ -1005,7 +1130,7 @@ def demo(
     db: Annotated[
         Path | None,
         typer.Option(
-            help="Keep the demo's SQLite store in this file [default: a temporary one]. "
+            help="Keep the demo's SQLite store in this file (default: a temporary one). "
             "The demo never uses --store.",
             dir_okay=False,
         ),

@@ -31,7 +31,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..log import logger
 from .models import Fact, Summary, Turn
-from .stores.base import HistoryStore
 from .render import (
     DEFAULT_REPLAY_MODE,
     TRUNCATION_MARK,
@@ -40,6 +39,7 @@ from .render import (
     base_instructions,
     history_costs,
 )
+from .stores.base import HistoryStore
 from .tokens import REPLY_PRIMING_TOKENS, count_tokens, message_tokens, truncate_to_tokens
 
 # Context windows of OpenAI realtime models, from their model pages on

@@ -180,6 +180,7 @@ def item_message(turn: Turn) -> tuple[Literal["user", "assistant"], str]:
 # header line tokens by day ordinal: a few bytes per distinct day ever seen
 _HEADER_COSTS: dict[int, int] = {}
 
+
 @dataclass(frozen=True)
 class HistoryCosts:
     """Exact token costs of the pieces of a history rendered in one mode."""

@@ -122,6 +122,8 @@ class HistoryWriter:
             logger.exception("history writer: could not queue turn; it is dropped")
 
     def _submit(self, turn: Turn) -> None:
+        if not isinstance(turn, Turn):
+            raise TypeError(f"expected a Turn, got {type(turn).__name__}")
         if self._closed:
             self._dropped += 1
             logger.error(

@@ -20,6 +20,7 @@ connection writes them out in due order.
 from __future__ import annotations
 
 import asyncio
+import base64
 import heapq
 import json
 import random
@@ -62,11 +63,15 @@ ModelKind = Literal["azure", "azure-ga", "openai", "openai-beta"]
 SAMPLE_RATE = 24000
 _BYTES_PER_MS = SAMPLE_RATE * 2 // 1000  # pcm16 mono
 _MIN_COMMIT_MS = 100.0
-_SILENCE_B64_100MS = None  # built lazily, see _silence()
+# 100 ms of pcm16 silence: the audio delta of an audio response
+_SILENCE_100MS = base64.b64encode(bytes(_BYTES_PER_MS * 100)).decode()
 _ALNUM = string.ascii_letters + string.digits
 _rng = random.Random()
 
-_ITEM_EVENTS = frozenset(
+# events whose SDK validation failure is a rejection (session.update / response.create
+# failures are only recorded unless strict_session: older livekit releases send fields
+# the newest SDK models do not know, and the service accepts them)
+_REJECT_ON_SDK_FAILURE = frozenset(
     {
         "conversation.item.create",
         "conversation.item.delete",
@@ -82,16 +87,6 @@ _REORDERED_EVENTS = frozenset({"conversation.item.create", "conversation.item.de
 
 def _new_id(prefix: str) -> str:
     return prefix + "".join(_rng.choices(_ALNUM, k=21))
-
-
-def _silence() -> str:
-    """100 ms of pcm16 silence, base64: the audio delta of an audio response."""
-    global _SILENCE_B64_100MS
-    if _SILENCE_B64_100MS is None:
-        import base64
-
-        _SILENCE_B64_100MS = base64.b64encode(bytes(_BYTES_PER_MS * 100)).decode()
-    return _SILENCE_B64_100MS
 
 
 def _b64_len(data: str) -> int:
@@ -276,6 +271,7 @@ class EmulatorSession:
         *,
         path: str,
         query: Mapping[str, str],
+        headers: Mapping[str, str],
         model: str,
     ) -> None:
         self.emulator = emulator
@@ -283,6 +279,10 @@ class EmulatorSession:
         self.id = _new_id("sess_")
         self.path = path
         self.query = dict(query)
+        self.headers = {
+            k: v for k, v in headers.items() if k.lower() not in ("authorization", "api-key")
+        }
+        """Handshake headers, credentials removed."""
         self.model = model
         self.connected_at = asyncio.get_running_loop().time()
         self.received: list[ReceivedEvent] = []
@@ -447,7 +447,7 @@ class EmulatorSession:
         self._base = now + faults.latency
         try:
             event = json.loads(raw)
-        except json.JSONDecodeError as exc:
+        except json.JSONDecodeError:
             self.received.append(ReceivedEvent(now, None, raw))
             # Not documented for realtime; OpenAI's REST wording for an unparseable body.
             self._error(
@@ -455,7 +455,9 @@ class EmulatorSession:
                     "invalid_json",
                     "We could not parse the JSON body of your request. (HINT: This likely means "
                     "you aren't using your HTTP library correctly. The OpenAI API expects a JSON "
-                    f"payload, but what was sent was not valid JSON: {exc.msg}.)",
+                    "payload, but what was sent was not valid JSON. If you have trouble figuring "
+                    "out how to fix this, please contact us through our help center at "
+                    "help.openai.com.)",
                 ),
                 None,
             )
@@ -504,7 +506,7 @@ class EmulatorSession:
             return None
         err, report = result
         event_type = event["type"]
-        rejected = event_type in _ITEM_EVENTS or emulator.strict_session
+        rejected = event_type in _REJECT_ON_SDK_FAILURE or emulator.strict_session
         raw_id = event.get("event_id")
         emulator.sdk_validation_errors.append(
             SdkValidationFailure(
@@ -980,7 +982,7 @@ class EmulatorSession:
             for chunk in _chunks(text):
                 events.append({"type": transcript_delta, **where, "delta": chunk})
             audio_prefix = "response.audio" if beta else "response.output_audio"
-            events.append({"type": f"{audio_prefix}.delta", **where, "delta": _silence()})
+            events.append({"type": f"{audio_prefix}.delta", **where, "delta": _SILENCE_100MS})
             events.append({"type": f"{audio_prefix}.done", **where})
             events.append(
                 {"type": transcript_delta[: -len("delta")] + "done", **where, "transcript": text}
@@ -1213,8 +1215,11 @@ class RealtimeEmulator:
         strict_session: also reject ``session.update`` / ``response.create`` events
             the SDK models do not accept (by default they are only recorded, since
             older livekit releases send fields the newest SDK models do not know).
+        api_key: the key :meth:`azure_kwargs` / :meth:`openai_kwargs` hand out.
         api_keys: keys accepted (``api-key`` header or ``Authorization: Bearer``);
-            None accepts any non-empty key.
+            None accepts any non-empty key. A missing key is refused with HTTP 401.
+        model: the model sessions report (Azure paths name a deployment instead).
+        host / port: where to listen (default 127.0.0.1, an ephemeral port).
         sdk_validation: validate client events with the ``openai`` SDK models.
     """
 
@@ -1519,7 +1524,13 @@ class RealtimeEmulator:
             raise _http_error(400, "Expected a websocket upgrade request.", None)
         await ws.prepare(request)
         session = EmulatorSession(
-            self, ws, dialect, path=request.path, query=request.query, model=model
+            self,
+            ws,
+            dialect,
+            path=request.path,
+            query=request.query,
+            headers=request.headers,
+            model=model,
         )
         self.sessions.append(session)
         session._start()

@@ -71,6 +71,8 @@ async def test_url_shapes_select_the_dialect(
         assert created["type"] == "realtime" and created["output_modalities"] == ["audio"]
         assert created["audio"]["output"]["format"] == {"type": "audio/pcm", "rate": 24000}
     assert session.model == "gpt-realtime"
+    assert not {"authorization", "api-key"} & {k.lower() for k in session.headers}
+    assert ("OpenAI-Beta" in session.headers) == ("OpenAI-Beta" in headers)
 
 
 async def _handshake_status(url: str, headers: dict[str, str]) -> tuple[int, Any]:

@@ -68,7 +68,9 @@ async def test_extractive_keeps_what_matters_and_drops_small_talk() -> None:
 
 
 async def test_extractive_is_bounded_ranked_and_deterministic() -> None:
-    chatter = [(Role.USER, f"I like song number {i} a lot, it reminds me of Paris.") for i in range(200)]
+    chatter = [
+        (Role.USER, f"I like song number {i} a lot, it reminds me of Paris.") for i in range(200)
+    ]
     turns = make_turns(SCRIPT + chatter)
     s = ExtractiveSummarizer(max_tokens=60)
     a = await s.summarize(turns, None)
@@ -84,7 +86,10 @@ async def test_extractive_is_bounded_ranked_and_deterministic() -> None:
 async def test_extractive_is_incremental() -> None:
     s = ExtractiveSummarizer(max_tokens=200)
     first = await s.summarize(make_turns(SCRIPT), None)
-    later = make_turns([(Role.USER, "Please cancel the Tuesday booking, my new number is 0171 555 0101.")], start=100)
+    later = make_turns(
+        [(Role.USER, "Please cancel the Tuesday booking, my new number is 0171 555 0101.")],
+        start=100,
+    )
     second = await s.summarize(later, first)
     assert "My name is Anna Schmidt" in second.text  # carried over
     assert "0171 555 0101" in second.text

@@ -30,7 +30,23 @@ from livekit_history_plugin.history.tokens import (
 # combining marks, full-width forms: the places a BPE pre-tokenizer can go wrong
 ALPHABET = st.sampled_from(
     list("abcXYZ019 \n\r\t.,!?'\"-/<>|_")
-    + ["'s", "'LL", "東", "京", "ع", "ب", "न", "é", "e\u0301", "👍", "🏽", "\u200d", "👨", "！", "Ａ"]
+    + [
+        "'s",
+        "'LL",
+        "東",
+        "京",
+        "ع",
+        "ب",
+        "न",
+        "é",
+        "e\u0301",
+        "👍",
+        "🏽",
+        "\u200d",
+        "👨",
+        "！",
+        "Ａ",
+    ]
 )
 TEXTS = st.lists(ALPHABET, max_size=60).map("".join)
 
