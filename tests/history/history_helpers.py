@@ -31,10 +31,10 @@ FRAME_MS = 20
 
 class Maya(Agent):
     def __init__(self, loaded: LoadedHistory | None = None, *, chat_ctx: Any = None) -> None:
-        super().__init__(
-            instructions=loaded.instructions if loaded is not None else AGENT_INSTRUCTIONS,
-            chat_ctx=chat_ctx if chat_ctx is not None else (loaded.chat_ctx if loaded else None),
-        )
+        if loaded is not None:
+            super().__init__(instructions=loaded.instructions, chat_ctx=loaded.chat_ctx)
+        else:
+            super().__init__(instructions=AGENT_INSTRUCTIONS, chat_ctx=chat_ctx)
 
 
 class Billing(Agent):
@@ -74,14 +74,16 @@ async def start_call(
     user_id: str,
     *,
     kind: str = "openai",
-    agent: type[Agent] = Maya,
     conversation_id: str | None = None,
+    agent_id: str | None = None,
 ) -> Call:
     loaded = await plugin.load(user_id, instructions=AGENT_INSTRUCTIONS)
     model = emu.realtime_model(kind, modalities=["text"])  # type: ignore[arg-type]
     session: AgentSession = AgentSession(llm=model)
-    recorder = plugin.attach(session, user_id=user_id, conversation_id=conversation_id)
-    await session.start(agent(loaded) if agent is Maya else agent())  # type: ignore[call-arg]
+    recorder = plugin.attach(
+        session, user_id=user_id, conversation_id=conversation_id, agent_id=agent_id
+    )
+    await session.start(Maya(loaded))
     return Call(session, recorder, model, loaded)
 
 

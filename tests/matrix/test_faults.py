@@ -207,3 +207,30 @@ async def test_audio_gate_opens_after_its_timeout(path: Any, emulator: RealtimeE
         assert adapter.audio_gate.reason == "timeout"
     finally:
         await session.aclose()
+
+
+async def test_replay_while_a_response_is_generated(path: Any, emulator: RealtimeEmulator) -> None:
+    """A response generated concurrently adds its own item; ours still land in
+    order, none is lost, and the mirror follows the server exactly."""
+    emulator.faults.latency = 0.05
+    model = wrap_realtime_model(path.build(emulator), options=FAST)
+    session = model.session()
+    await emulator.wait_for_session()
+    new = [f"late_{i}" for i in range(10)]
+    try:
+        await session.update_chat_ctx(llm.ChatContext(messages(["u0", "a0"])))
+        reply = session.generate_reply(instructions="answer")
+        ctx = session.chat_ctx.copy()
+        for m in messages(new):
+            ctx.items.append(m)
+        await session.update_chat_ctx(ctx)
+        await asyncio.wait_for(reply, 5)
+        await emulator.wait_until(lambda: len(emulator.responses) == 1, 3)
+        await emulator.wait_until(lambda: mirror_ids(session) == server_ids(emulator), 3)
+        server = server_ids(emulator)
+    finally:
+        await session.aclose()
+    ours = [i for i in server if i.startswith("late_")]
+    assert ours == new
+    assert server[:2] == ["u0", "a0"]
+    assert len(server) == 13  # + the response's own assistant item
