@@ -170,18 +170,20 @@ def _candidate(order: int, day: str, speaker: str, sentence: str) -> _Candidate:
 
 
 def _previous_candidates(previous: Summary | None) -> tuple[list[_Candidate], str]:
-    """Lines of an extractive summary to re-rank; any other summary is kept as a preamble."""
-    if previous is None or not previous.text.strip():
+    """Lines of an extractive summary to re-rank, and any other text (an LLM's) as a preamble."""
+    if previous is None:
         return [], ""
-    lines = [ln.strip() for ln in previous.text.splitlines() if ln.strip()]
-    parsed = [_LINE.match(ln) for ln in lines]
-    if all(parsed):
-        return [
-            _candidate(i, m.group(1), m.group(2), m.group(3))
-            for i, m in enumerate(parsed)
-            if m is not None
-        ], ""
-    return [], "\n".join(lines)
+    candidates: list[_Candidate] = []
+    other: list[str] = []
+    for raw in previous.text.splitlines():
+        line = raw.strip()
+        match = _LINE.match(line)
+        if match is not None:
+            day, speaker, sentence = match.groups()
+            candidates.append(_candidate(len(candidates), day, speaker, sentence))
+        elif line:
+            other.append(line)
+    return candidates, "\n".join(other)
 
 
 class ExtractiveSummarizer:
@@ -189,8 +191,8 @@ class ExtractiveSummarizer:
 
     Output is one line per kept sentence, ``YYYY-MM-DD caller|agent|note: sentence``,
     at most `max_tokens` tokens (exact o200k count). The previous summary's lines are
-    re-ranked together with the new sentences; a previous summary of another kind
-    (an LLM's) is kept, cut to half the bound, as the first paragraph.
+    re-ranked together with the new sentences; text of another kind in it (an LLM's
+    summary) is kept, cut to half the bound, as the first paragraph.
     """
 
     method = "extractive"

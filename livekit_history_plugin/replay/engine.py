@@ -44,6 +44,10 @@ DELETE_UNKNOWN = "item_delete_invalid_item_id"
 RETRIEVE_UNKNOWN = "item_retrieve_invalid_item_id"
 ACK_TIMEOUT = "ack_timeout"
 TOO_MANY_ATTEMPTS = "too_many_attempts"
+# answers that say "not now" rather than "not this item": tried again later
+_RETRYABLE_TYPES = frozenset({"server_error", "rate_limit_error"})
+_RETRYABLE_CODES = frozenset({"server_error", "rate_limit_exceeded"})
+_RETRY_BASE_S = 0.1
 CONNECTION_RESET = "connection_reset"
 
 
@@ -175,6 +179,8 @@ class _Create:
     # an error without event_id that was matched to this item by order only;
     # a retrieve decides whether it really was this item's
     suspect_error: tuple[str, str, str | None] | None = None
+    # while PARKED after a transient server error: not sent again before this
+    retry_at: float = 0.0
 
 
 @dataclass
@@ -319,6 +325,7 @@ class ReplayEngine:
 
     def next_deadline(self) -> float | None:
         deadlines = [self._deadline_of(r) for r in self._inflight.values()]
+        deadlines.extend(c.retry_at for c in self._parked.values() if c.retry_at)
         return min(deadlines) if deadlines else None
 
     def abort(self, code: str = CONNECTION_RESET, message: str = "connection lost") -> list[Output]:
@@ -444,6 +451,8 @@ class ReplayEngine:
             # a later item's. Ask the server rather than drop a landed item.
             c.suspect_error = (code, message, param)
             return Reaction((self._send_retrieve(c, now),), True)
+        if err.get("type") in _RETRYABLE_TYPES or code in _RETRYABLE_CODES:
+            return Reaction(tuple(self._retry_later(c, code, message, now)), True)
         return Reaction(tuple(self._create_error(c, code, message, param, now)), True)
 
     def _match_anonymous_error(
@@ -483,11 +492,24 @@ class ReplayEngine:
         self._parked[c.op.item_id] = c
         return self._unpark(now)
 
+    def _retry_later(self, c: _Create, code: str, message: str, now: float) -> list[Output]:
+        """A transient failure (server_error, rate limit): send the item again
+        after a backoff, anchored where it belongs — the items appended after it
+        in the meantime must stay after it."""
+        if c.attempts >= self._max_attempts:
+            return self._reject(c, code, f"{message} (gave up after {c.attempts} attempts)")
+        c.state, c.refused_seq = _State.PARKED, c.sent_seq
+        c.retry_at = now + _RETRY_BASE_S * (2 ** (c.attempts - 1))
+        self._parked[c.op.item_id] = c
+        return []
+
     def _unpark(self, now: float) -> list[Output]:
         """Send again every parked item whose anchor is now certain, in order."""
         out: list[Output] = []
         for item_id in list(self._parked):
             c = self._parked[item_id]
+            if c.retry_at > now:
+                continue
             anchor = self._anchor_for(c)
             if anchor is None:
                 continue

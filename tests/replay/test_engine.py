@@ -319,3 +319,24 @@ def test_every_valid_item_lands_in_order(
     assert sorted(engine.result.confirmed) == sorted(created)
     assert {r.item_id for r in engine.result.rejected} == bad & {f"m{i}" for i in range(n)}
     assert engine.done
+
+
+def test_transient_server_error_is_retried_in_place() -> None:
+    failures = {"m2": 2}  # m2 fails twice with server_error, then lands
+
+    class Flaky(Server):
+        def handle(self, ev: dict[str, Any]) -> list[dict[str, Any]]:
+            item_id = ev.get("item", {}).get("id")
+            if ev["type"] == "conversation.item.create" and failures.get(item_id, 0) > 0:
+                failures[item_id] -= 1
+                err = self._err("server_error", "The server had an error", ev["event_id"])
+                err["error"]["type"] = "server_error"
+                return [err]
+            return super().handle(ev)
+
+    server = Flaky()
+    engine = ReplayEngine(chain(5))
+    run(engine, server)
+    # retried anchored after m1, so it lands before the items appended meanwhile
+    assert server.items == [f"m{i}" for i in range(5)]
+    assert not engine.result.rejected
