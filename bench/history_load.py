@@ -21,7 +21,9 @@ The tokenizer itself is built once before timing (`tokens.warm_up()`, reported).
 
     .venv/bin/python bench/history_load.py [--rows 1000000] [--iterations 200] [--db PATH]
 
-The database is built once under .bench/ (gitignored) and reused.
+The database is built once under .bench/ (gitignored) and reused. "cpu" is the
+process CPU time of the whole call start (all threads): unlike wall time it does
+not grow when other processes compete for the cores.
 """
 
 from __future__ import annotations
@@ -148,7 +150,7 @@ async def build(store: HistoryStore, rows: int) -> None:
 @dataclass
 class Timings:
     stages: dict[str, list[float]] = field(
-        default_factory=lambda: {k: [] for k in ("select", "render", "sanitize", "total")}
+        default_factory=lambda: {k: [] for k in ("select", "render", "sanitize", "total", "cpu")}
     )
 
 
@@ -160,6 +162,7 @@ def _pct(values: list[float], q: float) -> float:
 async def one_call(
     store: HistoryStore, cfg: BudgetConfig, mode: ReplayMode, load_all: bool, out: Timings
 ) -> tuple[int, int]:
+    c0 = time.process_time()
     t0 = time.perf_counter()
     facts = await store.load_facts(TARGET)
     budget = compute_history_budget(MODEL, INSTRUCTIONS, TOOLS, cfg, facts=facts, mode=mode)
@@ -175,6 +178,7 @@ async def one_call(
     t2 = time.perf_counter()
     clean = sanitize_chat_ctx(rendered.chat_ctx)
     t3 = time.perf_counter()
+    out.stages["cpu"].append((time.process_time() - c0) * 1000)
     if len(clean.items) != len(rendered.item_ids):
         raise SystemExit(f"sanitizer dropped rendered history items in {mode} mode")
     for name, a, b in (
@@ -215,7 +219,7 @@ async def run(args: argparse.Namespace) -> None:
         header = (
             f"{'scenario':<13}{'mode':<13}{'cache':<6}{'tokens':>7}{'turns':>6}"
             f"{'load+select':>12}{'render':>8}{'sanitize':>9}"
-            f"{'total p50':>10}{'total p99':>10}"
+            f"{'total p50':>10}{'total p99':>10}{'cpu p50':>9}"
         )
         print(header + "\n" + "-" * len(header))
         for name, cfg, load_all in scenarios:
@@ -240,6 +244,7 @@ async def run(args: argparse.Namespace) -> None:
                         f"{statistics.median(s['render']):>8.2f}"
                         f"{statistics.median(s['sanitize']):>9.2f}"
                         f"{statistics.median(s['total']):>10.2f}{_pct(s['total'], 0.99):>10.2f}"
+                        f"{statistics.median(s['cpu']):>9.2f}"
                     )
         print(
             "\nall times in ms (p50 unless marked); tokens = history tokens replayed, "

@@ -20,7 +20,6 @@ import json
 import os
 import random
 import sqlite3
-import statistics
 import sys
 import tempfile
 import time
@@ -247,7 +246,8 @@ async def bench_sqlite(rows: int, samples: int, seconds: float, workdir: str) ->
     result.bulk_s = time.perf_counter() - t
     async with open_store(f"sqlite:///{path}") as store:
         await measure(store, result, rows, samples, seconds)
-    result.notes.append(f"file {os.path.getsize(path) / 1e6:.0f} MB, WAL, synchronous=NORMAL")
+    size = await asyncio.to_thread(os.path.getsize, path)
+    result.notes.append(f"file {size / 1e6:.0f} MB, WAL, synchronous=NORMAL")
     return result
 
 
@@ -365,7 +365,10 @@ def table(results: list[Result]) -> str:
     )
     lines = [head, "|" + "---|" * 8]
     for r in results:
-        cell = lambda k: f"{ms(pct(r.lat[k], 0.5))} / {ms(pct(r.lat[k], 0.99))}"  # noqa: E731
+
+        def cell(k: str, r: Result = r) -> str:
+            return f"{ms(pct(r.lat[k], 0.5))} / {ms(pct(r.lat[k], 0.99))}"
+
         lines.append(
             f"| {r.backend} | {r.rows:,} | {r.bulk_s:.1f} s | {cell('append')} | "
             f"{cell('latest50')} | {cell('heavy50')} | {cell('heavy_all')} | {r.throughput:,.0f} |"

@@ -72,6 +72,7 @@ class ExitCode(IntEnum):
     NOT_FOUND = 2  # the user has no stored history
     UNAVAILABLE = 3  # the store cannot be reached: server down, timeout, missing SQLite file
     STORE_ERROR = 4  # the store answered but failed: schema too new, corrupt file, no driver
+    DEMO_FAILED = 5  # the offline demo ran but one of its checks did not hold
     INTERRUPTED = 130  # Ctrl-C
 
 
@@ -81,6 +82,7 @@ EXIT_CODES: dict[ExitCode, str] = {
     ExitCode.NOT_FOUND: "unknown user: nothing stored for that user id",
     ExitCode.UNAVAILABLE: "store unreachable (server down, timeout, SQLite file missing, locked)",
     ExitCode.STORE_ERROR: "store error (schema too new, corrupt database, driver not installed)",
+    ExitCode.DEMO_FAILED: "demo: a check of the offline demo failed",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
@@ -1140,19 +1142,26 @@ def demo(
         Provider,
         typer.Option(help="Which realtime API the emulator plays (azure: legacy beta dialect)."),
     ] = Provider.azure,
+    mode: Annotated[
+        Mode, typer.Option("--mode", "-m", help="Replay mode (items shows one item per turn).")
+    ] = Mode.items,
 ) -> None:
-    """Run the offline demo: two calls of one caller against a local realtime emulator."""
+    """Run the offline demo: two calls of one caller, real livekit AgentSession, local
+    realtime emulator, SQLite store; no credentials or network needed."""
     from .demo import run_demo
 
     settings = _settings(ctx)
     user_id = _user(settings, user)
+    if db is not None and not db.parent.is_dir():
+        raise fail(settings, CliError(f"no such directory: {str(db.parent)!r}", ExitCode.USAGE))
     with _logging(settings):
         try:
-            asyncio.run(
+            result = asyncio.run(
                 run_demo(
                     db_path=db,
                     user_id=user_id,
                     provider=provider.value,  # type: ignore[arg-type]
+                    mode=mode.value,  # type: ignore[arg-type]
                     console=settings.out,
                     verbose=settings.verbose,
                 )
@@ -1161,6 +1170,9 @@ def demo(
             raise
         except Exception as e:
             raise fail(settings, e) from None
+    if not result.ok:
+        failed = "; ".join(text for text, ok in result.checks if not ok)
+        raise fail(settings, CliError(f"demo check failed: {failed}", ExitCode.DEMO_FAILED))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

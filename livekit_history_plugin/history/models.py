@@ -33,6 +33,8 @@ MAX_TURN_CHARS = 8_000
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 # lone surrogates: a Python str may hold them, no UTF-8 database or wire can
 _SURROGATES = re.compile(r"[\ud800-\udfff]")
+# not allowed in an id: every control character (\t \n \r too) and lone surrogates
+_BAD_ID_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 # Largest seq every backend can hold (SQL BIGINT).
@@ -55,10 +57,11 @@ def as_utc(v: datetime) -> datetime:
 def _no_control_chars(v: str) -> str:
     # Ids become SQL keys and Redis key names; PostgreSQL text cannot hold NUL
     # and a newline in a key name makes logs lie.
-    if _CONTROL_CHARS.search(v) or any(c in v for c in "\t\n\r"):
+    bad = _BAD_ID_CHARS.search(v)
+    if bad is not None:
+        if _SURROGATES.match(bad.group()):
+            raise ValueError("must be valid Unicode (lone surrogate)")
         raise ValueError("must not contain control characters")
-    if _SURROGATES.search(v):
-        raise ValueError("must be valid Unicode (lone surrogate)")
     return v
 
 

@@ -32,7 +32,7 @@ from ..log import logger
 from .budget import BudgetConfig, HistorySelection, compute_history_budget, select_history
 from .models import Fact, Role, Summary, Turn
 from .recorder import DEFAULT_MAX_TURN_CHARS, DEFAULT_REORDER_WINDOW, Recorder
-from .render import DEFAULT_REPLAY_MODE, render_history
+from .render import DEFAULT_REPLAY_MODE, base_instructions, render_history
 from .stores import DEFAULT_URL, ENV_VAR, open_store
 from .stores.base import HistoryStore, StoreError
 from .summarize import DEFAULT_SUMMARY_TOKENS, ExtractiveSummarizer, LLMSummarizer, Summarizer
@@ -217,6 +217,10 @@ class HistoryPlugin:
         )
         selection, summary, summarized = await self._select(turns, summary, budget)
         rendered = render_history(selection, facts, cfg.mode, agent_instructions=instructions)
+        agent_instructions = rendered.instructions
+        if cfg.mode == "instructions" and not (selection.turns or selection.summary):
+            # render leaves the blank line meant to precede the history block
+            agent_instructions = base_instructions(instructions, facts, "packed")
         logger.debug(
             "history loaded",
             extra={
@@ -234,7 +238,7 @@ class HistoryPlugin:
             user_id=user_id,
             mode=cfg.mode,
             chat_ctx=rendered.chat_ctx,
-            instructions=rendered.instructions,
+            instructions=agent_instructions,
             turns=list(selection.turns),
             summary=selection.summary,
             facts=list(facts),
@@ -315,7 +319,7 @@ class HistoryPlugin:
             record_system_notes=cfg.record_system_notes,
             flush_timeout=cfg.flush_timeout,
             writer_max_buffer=cfg.writer_max_buffer,
-            store_ready=self._opener(),
+            open_store=self.open,
         )
         if realtime:
             recorder.add_close_hook(

@@ -62,6 +62,9 @@ DEFAULT_MAX_TURN_CHARS = 8_000
 # the current one and a few replaced by handoffs
 _WATCHED_SESSIONS = 4
 _IDENT_MAX = 256
+# retrying a store that cannot be opened: first delay, longest delay (seconds)
+_REOPEN_FIRST = 0.25
+_REOPEN_MAX = 10.0
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 _NOT_IDENT = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -120,7 +123,7 @@ class Recorder:
         record_system_notes: bool = False,
         flush_timeout: float = 10.0,
         writer_max_buffer: int = 10_000,
-        store_ready: Awaitable[Any] | None = None,
+        open_store: Callable[[], Awaitable[Any]] | None = None,
         on_written: WrittenCallback | None = None,
     ) -> None:
         if reorder_window < 0:
@@ -138,8 +141,16 @@ class Recorder:
         self.flush_timeout = flush_timeout
         self.on_written = on_written
         self.writer = HistoryWriter(store, max_buffer=writer_max_buffer, on_written=self._written)
+        self._max_backlog = writer_max_buffer
         # probe the ids once, so bad ones fail here and not on every turn
-        Turn(user_id=user_id, conversation_id=self.conversation_id, seq=0, role=Role.USER, text="")
+        Turn(
+            user_id=user_id,
+            conversation_id=self.conversation_id,
+            seq=0,
+            role=Role.USER,
+            text="",
+            agent_id=agent_id,
+        )
 
         self._turns: list[Turn] = []
         self._pending: list[_Pending] = []
@@ -148,17 +159,21 @@ class Recorder:
         self._next_seq = 0
         self._last_us = 0
         self._last_agent: str | None = None
+        self._handoff_items = False  # livekit >= 1.5 marks every agent switch with an item
         self._late = 0
         self._timer: asyncio.TimerHandle | None = None
         self._rt_sessions: deque[weakref.ref[Any]] = deque(maxlen=_WATCHED_SESSIONS)
+        # turns numbered while the store is not open yet; None once it is
         self._backlog: list[Turn] | None = None
-        self._store_ready: asyncio.Future[Any] | None = None
+        self._opening: asyncio.Task[None] | None = None
+        self._lost = 0
         self._closing: asyncio.Future[None] | None = None
         self._close_hooks: list[Callable[[], None]] = []
         self._attached = True
 
-        if store_ready is not None:
-            self._wait_for_store(store_ready)
+        if open_store is not None:
+            self._backlog = []
+            self._opening = asyncio.ensure_future(self._open_store(open_store))
         session.on("conversation_item_added", self._on_item_added)
         session.on("close", self._on_close)
 
@@ -180,7 +195,8 @@ class Recorder:
 
     @property
     def dropped(self) -> int:
-        return self.writer.dropped
+        """Turns that will never be written (buffer overflow, store never opened, ...)."""
+        return self.writer.dropped + self._lost
 
     @property
     def pending(self) -> int:
@@ -206,6 +222,11 @@ class Recorder:
             logger.debug("realtime session %r is not wrapped; turns keep livekit's times", rt_session)
             return
         self._rt_sessions.append(weakref.ref(rt_session))
+
+    @property
+    def realtime_sessions(self) -> list[Any]:
+        """The realtime sessions whose items time the turns (newest last)."""
+        return [rt for ref in self._rt_sessions if (rt := ref()) is not None]
 
     def add_close_hook(self, hook: Callable[[], None]) -> None:
         """Run `hook` when the recorder closes (used to stop watching a model)."""
@@ -308,6 +329,7 @@ class Recorder:
     def _on_handoff(self, item: Any) -> None:
         new = getattr(item, "new_agent_id", None)
         if isinstance(new, str) and new:
+            self._handoff_items = True
             self._agent_changed(safe_ident(new), float(item.created_at))
 
     def _agent_changed(self, agent: str | None, at: float) -> None:
@@ -325,6 +347,12 @@ class Recorder:
         )
 
     def _current_agent(self) -> str | None:
+        if self._handoff_items:
+            # exact: livekit emits the handoff item after the old agent's last
+            # message and before the new agent's first
+            return self._last_agent
+        # before 1.5: the agent set by update_agent(), which a reply of the old
+        # agent still being committed would be attributed to
         try:
             agent = self.session.current_agent
         except RuntimeError:  # between activities (handoff) or not started
@@ -431,25 +459,48 @@ class Recorder:
         self._submit(turn)
 
     # -- writing ------------------------------------------------------------------------------
-    def _wait_for_store(self, ready: Awaitable[Any]) -> None:
-        fut = asyncio.ensure_future(ready)
-        if fut.done():
-            return
-        self._backlog = []
-        self._store_ready = fut
-
-        def _drain(_: asyncio.Future[Any]) -> None:
-            backlog, self._backlog = self._backlog or [], None
-            for turn in backlog:
-                self.writer.submit(turn)
-
-        fut.add_done_callback(_drain)
+    async def _open_store(self, open_store: Callable[[], Awaitable[Any]]) -> None:
+        """Open the store, retrying with backoff; turns wait in the backlog meanwhile."""
+        delay = _REOPEN_FIRST
+        attempts = 0
+        while True:
+            try:
+                await open_store()
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                attempts += 1
+                if attempts == 1:
+                    logger.error(
+                        "history store %s cannot be opened (%s); turns of conversation %s "
+                        "are kept in memory and written once it opens",
+                        self.store.url,
+                        e,
+                        self.conversation_id,
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _REOPEN_MAX)
+        if attempts:
+            logger.info("history store %s opened after %d failed attempts", self.store.url, attempts)
+        backlog, self._backlog = self._backlog or [], None
+        for turn in backlog:
+            self.writer.submit(turn)
 
     def _submit(self, turn: Turn) -> None:
-        if self._backlog is not None:
-            self._backlog.append(turn)
-        else:
+        backlog = self._backlog
+        if backlog is None:
             self.writer.submit(turn)
+        elif len(backlog) < self._max_backlog:
+            backlog.append(turn)
+        else:
+            self._lost += 1
+            logger.error(
+                "history store %s not open and %d turns waiting: turn %s dropped",
+                self.store.url,
+                len(backlog),
+                turn.idempotency_key,
+            )
 
     def _written(self, batch: Sequence[Turn]) -> None:
         if self.on_written is not None:
@@ -469,16 +520,13 @@ class Recorder:
         return await self.writer.flush(left)
 
     async def _store_opened(self, timeout: float | None) -> bool:
-        ready = self._store_ready
-        if ready is None or ready.done():
+        opening = self._opening
+        if opening is None or opening.done():
             return True
         try:
-            await asyncio.wait_for(asyncio.shield(ready), timeout)
+            await asyncio.wait_for(asyncio.shield(opening), timeout)
         except asyncio.TimeoutError:
-            logger.warning("history store %s still not open after %ss", self.store.url, timeout)
             return False
-        except Exception:
-            pass  # the opener logged it; the writer retries the store
         return True
 
     async def aclose(self, timeout: float | None = None) -> None:
@@ -495,7 +543,17 @@ class Recorder:
         self._detach()
         self._release(force=True)
         deadline = time.monotonic() + timeout
-        await self._store_opened(timeout)
+        if not await self._store_opened(timeout) and self._opening is not None:
+            self._opening.cancel()
+            lost = len(self._backlog or ())
+            self._lost += lost
+            self._backlog = None
+            logger.error(
+                "history store %s never opened: %d turns of conversation %s are lost",
+                self.store.url,
+                lost,
+                self.conversation_id,
+            )
         await self.writer.aclose(max(0.0, deadline - time.monotonic()))
         for hook in self._close_hooks:
             try:

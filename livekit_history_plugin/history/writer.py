@@ -82,6 +82,7 @@ class HistoryWriter:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._closed_warned = False
         self._overflow_dropped: int | None = None  # set while an overflow episode lasts
         self._failing_since: float | None = None
         self._failed_attempts = 0
@@ -126,12 +127,15 @@ class HistoryWriter:
             raise TypeError(f"expected a Turn, got {type(turn).__name__}")
         if self._closed:
             self._dropped += 1
-            logger.error(
-                "history writer for %s is closed: turn %s of user %r dropped",
-                self.store.url,
-                turn.idempotency_key,
-                turn.user_id,
-            )
+            if not self._closed_warned:  # once: a late recorder must not flood the log
+                self._closed_warned = True
+                logger.error(
+                    "history writer for %s is closed: turn %s of user %r and any later "
+                    "ones are dropped",
+                    self.store.url,
+                    turn.idempotency_key,
+                    turn.user_id,
+                )
             return
         if self.pending >= self.max_buffer:
             self._overflow(turn)

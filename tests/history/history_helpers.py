@@ -40,6 +40,10 @@ class Maya(Agent):
 class Billing(Agent):
     def __init__(self, *, chat_ctx: Any = None) -> None:
         super().__init__(instructions="You handle billing questions.", chat_ctx=chat_ctx)
+        self.entered = asyncio.Event()
+
+    async def on_enter(self) -> None:
+        self.entered.set()
 
 
 @dataclass
@@ -137,8 +141,13 @@ def session_updates_instructions(s: EmulatorSession) -> list[str]:
 
 
 def assert_clean(s: EmulatorSession) -> None:
-    """No protocol error and no rejected client event on this connection."""
-    assert s.errors == [], s.errors
+    """No protocol error and no rejected client event on this connection.
+
+    livekit < 1.5 cancels "the current response" when a session closes even
+    when there is none; the server's answer to that is not ours.
+    """
+    errors = [e for e in s.errors if e["error"].get("code") != "response_cancel_not_active"]
+    assert errors == [], errors
     rejected = [f for f in s.emulator.sdk_validation_errors if f.rejected]
     assert rejected == [], rejected
 

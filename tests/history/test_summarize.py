@@ -113,6 +113,12 @@ async def test_extractive_keeps_a_previous_llm_summary_as_preamble() -> None:
     assert s.text.startswith("Anna is a long-time patient who prefers mornings.")
     assert count_tokens(s.text) <= 120
     assert s.turn_count == 40 + len(SCRIPT)
+    # a later round keeps the preamble once and still re-ranks the extractive lines
+    later = make_turns([(Role.USER, "My new phone number is 0171 555 0101.")], start=50)
+    again = await ExtractiveSummarizer(max_tokens=120).summarize(later, s)
+    assert again.text.count("Anna is a long-time patient") == 1
+    assert again.text.startswith("Anna is a long-time patient")
+    assert "0171 555 0101" in again.text and "allergic to latex" in again.text
 
 
 async def test_summaries_refuse_other_users_turns_and_empty_input() -> None:

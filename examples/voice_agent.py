@@ -1,0 +1,86 @@
+"""A LiveKit voice agent that remembers its callers across calls.
+
+Realtime model: Azure OpenAI when AZURE_OPENAI_ENDPOINT is set (with
+AZURE_OPENAI_API_KEY, AZURE_OPENAI_DEPLOYMENT and optionally OPENAI_API_VERSION
+for a legacy api-version deployment), else OpenAI (OPENAI_API_KEY). History
+store: LIVEKIT_HISTORY_URL (default sqlite:///livekit_history.db).
+
+Two agents: a Greeter that hands off to a Specialist by returning it from its
+`transfer_to_specialist` tool, both with a `remember_preference` tool that
+stores a durable fact for every later call (the agents are defined in
+`livekit_history_plugin/demo.py`, shared with the offline demo).
+
+    python examples/voice_agent.py dev      # or start / console, as any LiveKit agent
+                                            # (LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET)
+    python examples/voice_agent.py demo     # offline: no credentials, no network
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from livekit.agents import AgentSession, JobContext, JobProcess, WorkerOptions, cli
+from livekit.plugins import openai
+
+from livekit_history_plugin import HistoryPlugin
+from livekit_history_plugin.demo import GREETER_INSTRUCTIONS, CallState, Greeter
+from livekit_history_plugin.history import tokens
+
+
+def realtime_model() -> Any:
+    """Azure OpenAI when AZURE_OPENAI_ENDPOINT is set, else OpenAI."""
+    if os.environ.get("AZURE_OPENAI_ENDPOINT"):
+        kwargs: dict[str, Any] = {}
+        if os.environ.get("OPENAI_API_VERSION"):  # legacy deployments; unset: Azure GA (/v1)
+            kwargs["api_version"] = os.environ["OPENAI_API_VERSION"]
+        return openai.realtime.RealtimeModel.with_azure(
+            azure_deployment=os.environ["AZURE_OPENAI_DEPLOYMENT"],
+            azure_endpoint=os.environ["AZURE_OPENAI_ENDPOINT"],
+            api_key=os.environ["AZURE_OPENAI_API_KEY"],
+            **kwargs,
+        )
+    return openai.realtime.RealtimeModel()  # OPENAI_API_KEY
+
+
+def prewarm(proc: JobProcess) -> None:
+    # one store connection (pool) per worker process, shared by its calls
+    proc.userdata["history"] = HistoryPlugin()
+    tokens.warm_up()  # build the tokenizer now, not during the first call
+
+
+async def entrypoint(ctx: JobContext) -> None:
+    history: HistoryPlugin = ctx.proc.userdata["history"]
+    await ctx.connect()
+    participant = await ctx.wait_for_participant()
+    user_id = participant.identity  # e.g. the caller's phone number for SIP calls
+
+    loaded = await history.load(user_id, instructions=GREETER_INSTRUCTIONS)
+    state = CallState(history=history, user_id=user_id, loaded=loaded)
+    session: AgentSession[CallState] = AgentSession(llm=realtime_model(), userdata=state)
+    recorder = history.attach(session, user_id=user_id)  # before session.start
+
+    async def flush_history() -> None:
+        # not `add_shutdown_callback(recorder.aclose)`: livekit would pass the shutdown
+        # reason as aclose's `timeout`
+        await recorder.aclose()
+
+    ctx.add_shutdown_callback(flush_history)  # every turn is written before the job ends
+
+    await session.start(
+        Greeter(instructions=loaded.instructions, chat_ctx=loaded.chat_ctx), room=ctx.room
+    )
+    await session.generate_reply(instructions="Greet the caller.")
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["demo"]:
+        from livekit_history_plugin.cli import main as history_cli
+
+        sys.exit(history_cli(["demo", *sys.argv[2:]]))
+    cli.run_app(WorkerOptions(entrypoint_fnc=entrypoint, prewarm_fnc=prewarm))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,601 @@
+"""The offline demo, and the agents it shares with `examples/voice_agent.py`.
+
+`run_demo()` plays two calls of the same caller on a real livekit
+`AgentSession` (text mode, `session.run(user_input=...)`) against the bundled
+realtime emulator and a SQLite store, and shows what call 1 recorded, what was
+replayed into call 2 item by item with the server's acknowledgements, and that
+call 2's reply knows call 1. No credentials, no network: `livekit-history demo`
+or `python examples/voice_agent.py demo`.
+
+The agents are the example's: a `Greeter` that hands off to a `Specialist`
+(returning it from its `transfer_to_specialist` tool), both with the
+`remember_preference` tool that stores a durable fact. The emulator only
+answers with text - it never calls a tool - so the demo does what the model's
+tool calls would: it runs `Greeter.handoff()` (the body of
+`transfer_to_specialist`) and `save_preference()` (the body of
+`remember_preference`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from livekit.agents import Agent, AgentSession, RunContext, function_tool, llm
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+
+from .history.models import Role, Turn
+from .history.plugin import HistoryConfig, HistoryPlugin, LoadedHistory
+from .history.render import FACTS_TAG, SUMMARY_LABEL, ReplayMode, base_instructions
+from .history.tokens import message_tokens
+from .testing import ConversationView, EmulatorSession, RealtimeEmulator, default_reply
+
+__all__ = [
+    "GREETER_INSTRUCTIONS",
+    "SPECIALIST_INSTRUCTIONS",
+    "CallState",
+    "DemoResult",
+    "Greeter",
+    "Specialist",
+    "remember_preference",
+    "run_demo",
+    "save_preference",
+]
+
+DemoProvider = Literal["azure", "openai"]
+
+GREETER_INSTRUCTIONS = (
+    "You are the greeter of Acme's order hotline. Greet the caller, by name if you know it. "
+    "For anything about an order, call transfer_to_specialist. When the caller states a "
+    "lasting preference (how to reach them, language, ...), call remember_preference."
+)
+SPECIALIST_INSTRUCTIONS = (
+    "You are Acme's order specialist. Look orders up with check_order and give their status "
+    "in one or two short sentences. When the caller states a lasting preference, call "
+    "remember_preference."
+)
+SPECIALIST_GREETING = "Introduce yourself as the order specialist and answer the order question."
+
+# an order system, for the specialist's tool
+ORDERS = {"4711": "shipped yesterday; it arrives tomorrow before noon"}
+
+# what the demo caller says
+CALL_1_FIRST = "Hi, this is Ada. Where is my order 4711?"
+CALL_1_SECOND = "Please text me when it arrives, I don't like phone calls."
+PREFERENCE = ("contact", "Prefers a text message over a phone call.")
+CALL_2_FIRST = "Hi, it's Ada again. Any news?"
+
+_PROVIDER_LABEL = {
+    "azure": "Azure OpenAI, legacy api-version (beta dialect)",
+    "openai": "OpenAI Realtime GA (ga dialect)",
+}
+_ACKS = ("conversation.item.created", "conversation.item.added")
+# livekit's update_tools on the beta class cancels a response that is not active;
+# the API answers with this error and livekit ignores it
+_HARMLESS_ERRORS = frozenset({"response_cancel_not_active"})
+
+
+# -- the agents (shared with examples/voice_agent.py) -----------------------------------------
+
+
+@dataclass
+class CallState:
+    """Per-call data the tools reach through `RunContext.userdata`."""
+
+    history: HistoryPlugin
+    user_id: str
+    loaded: LoadedHistory | None = None
+    # the instructions `history.load()` was given (the first agent's own)
+    loaded_for: str = GREETER_INSTRUCTIONS
+
+    def instructions_for(self, agent_instructions: str) -> str:
+        """Another agent's instructions with what `load()` added for the first one:
+        the caller's facts and, in `instructions` mode, the history block."""
+        loaded = self.loaded
+        if loaded is None:
+            return agent_instructions
+        first = base_instructions(self.loaded_for, loaded.facts, loaded.mode)
+        block = loaded.instructions[len(first) :] if loaded.instructions.startswith(first) else ""
+        return base_instructions(agent_instructions, loaded.facts, loaded.mode) + block
+
+
+async def save_preference(state: CallState, key: str, preference: str) -> str:
+    """Store a durable fact; it is in the instructions of every later call."""
+    fact = await state.history.remember(state.user_id, key, preference)
+    return f"Saved for every later call: {fact.key} = {fact.text}"
+
+
+@function_tool
+async def remember_preference(context: RunContext[CallState], key: str, preference: str) -> str:
+    """Remember a lasting preference of the caller for all later calls.
+
+    Args:
+        key: a short name for it, e.g. "contact" or "language"
+        preference: the preference in one sentence, e.g. "Prefers text messages over calls."
+    """
+    return await save_preference(context.userdata, key, preference)
+
+
+class Specialist(Agent):
+    """The order specialist; it takes over the conversation from the greeter."""
+
+    def __init__(self, *, instructions: str, chat_ctx: llm.ChatContext | None = None) -> None:
+        super().__init__(instructions=instructions, chat_ctx=chat_ctx, tools=[remember_preference])
+
+    async def on_enter(self) -> None:
+        self.session.generate_reply(instructions=SPECIALIST_GREETING)
+
+    @function_tool
+    async def check_order(self, order_id: str) -> str:
+        """Look up the delivery status of an order.
+
+        Args:
+            order_id: the order number the caller gave
+        """
+        status = ORDERS.get(order_id.strip().lstrip("#"))
+        return f"Order {order_id}: {status}." if status else f"There is no order {order_id}."
+
+
+class Greeter(Agent):
+    """The first agent of every call; hands order questions to the `Specialist`."""
+
+    def __init__(
+        self, *, instructions: str = GREETER_INSTRUCTIONS, chat_ctx: llm.ChatContext | None = None
+    ) -> None:
+        super().__init__(instructions=instructions, chat_ctx=chat_ctx, tools=[remember_preference])
+
+    def handoff(self, state: CallState) -> Specialist:
+        """The specialist, with this conversation and the caller's facts (and history)."""
+        return Specialist(
+            instructions=state.instructions_for(SPECIALIST_INSTRUCTIONS), chat_ctx=self.chat_ctx
+        )
+
+    @function_tool
+    async def transfer_to_specialist(self, context: RunContext[CallState]) -> tuple[Agent, str]:
+        """Transfer the caller to the order specialist, for anything about an order."""
+        return self.handoff(context.userdata), "Transferring you to our order specialist."
+
+
+# -- the emulator's "model" ------------------------------------------------------------------------
+
+
+@dataclass
+class _Seen:
+    """History item ids of the current call, so the scripted reply can point at them."""
+
+    history_ids: set[str] = field(default_factory=set)
+
+
+_CALLER_LINE = re.compile(r'^caller(?: \(interrupted\))?: (".*")$', re.MULTILINE)
+_FACT_LINE = re.compile(r'^- (".*?"): (".*")$', re.MULTILINE)
+
+
+def _first_caller_words(view: ConversationView, seen: _Seen) -> tuple[int, str | None]:
+    """How many replayed history items the model sees, and the first thing the
+    caller said in them."""
+    history = [i for i in view.items if i.get("id") in seen.history_ids]
+    texts = [view.text_of(i) for i in history if i.get("role") == "user"]
+    if view.instructions and "<earlier_conversation>" in view.instructions:
+        texts.append(view.instructions)
+    for text in texts:
+        if text.startswith(SUMMARY_LABEL):
+            continue
+        line = _CALLER_LINE.search(text)
+        if line is not None:  # a packed transcript: caller lines are JSON strings
+            first: str = json.loads(line.group(1))
+            return len(history), first
+        if "<earlier_conversation>" not in text:
+            return len(history), text
+    return len(history), None
+
+
+def _facts_in(instructions: str | None) -> list[str]:
+    if not instructions or f"<{FACTS_TAG}>" not in instructions:
+        return []
+    block = instructions.split(f"<{FACTS_TAG}>", 1)[1].split(f"</{FACTS_TAG}>", 1)[0]
+    return [f"{json.loads(k)} = {json.loads(v)}" for k, v in _FACT_LINE.findall(block)]
+
+
+def _demo_reply(seen: _Seen) -> Callable[[ConversationView], str]:
+    """The emulator's default reply (what the model saw), plus what it knows from
+    earlier calls: the replayed history and the facts in its instructions."""
+
+    def reply(view: ConversationView) -> str:
+        text = default_reply(view)
+        count, first = _first_caller_words(view, seen)
+        facts = _facts_in(view.instructions)
+        known: list[str] = []
+        if first is not None:
+            known.append(f'{count} replayed items, starting with "{first}"')
+        if facts:
+            known.append("facts in my instructions: " + ", ".join(facts))
+        return f"{text} (From earlier calls: {'; '.join(known)})" if known else text
+
+    return reply
+
+
+# -- running the demo ---------------------------------------------------------------------------
+
+
+@dataclass
+class ReplayedItem:
+    """One history item of call 2 and the server's answer to it."""
+
+    item_id: str
+    role: str
+    text: str
+    tokens: int
+    ack: str | None  # the ack event type, None when the server did not acknowledge it
+    previous_item_id: str | None
+    ack_ms: float | None
+
+
+@dataclass
+class DemoResult:
+    ok: bool
+    checks: list[tuple[str, bool]]
+    recorded: list[Turn]
+    replayed: list[ReplayedItem]
+    reply: str
+    seconds: float
+    store_url: str
+
+
+class _Transcript:
+    """Prints the committed messages of a call as they happen."""
+
+    def __init__(self, console: Console, session: AgentSession[Any]) -> None:
+        self.console = console
+        self.session = session
+        self.messages: list[tuple[str, str, str]] = []  # (role, agent, text)
+        self.changed = asyncio.Event()
+        session.on("conversation_item_added", self._on_item)
+
+    def _agent(self) -> str:
+        try:
+            return type(self.session.current_agent).__name__.lower()
+        except RuntimeError:
+            return "agent"
+
+    def _on_item(self, ev: Any) -> None:
+        item = ev.item
+        if getattr(item, "type", None) == "agent_handoff":
+            old, new = getattr(item, "old_agent_id", None), getattr(item, "new_agent_id", None)
+            if old:  # the session's first agent is announced as a handoff from nobody
+                self.console.print(f"   [dim]… handoff {escape(old)} → {escape(str(new))}[/dim]")
+            return
+        if not isinstance(item, llm.ChatMessage) or item.role not in ("user", "assistant"):
+            return
+        text = item.text_content or ""
+        agent = self._agent()
+        self.messages.append((item.role, agent, text))
+        who = "[bold]caller[/bold]" if item.role == "user" else f"[cyan]{agent}[/cyan]"
+        self.console.print(f"   {who} › {escape(text)}")
+        self.changed.set()
+
+    async def wait_for_reply_of(self, agent: str, timeout: float = 10.0) -> None:
+        async def waiter() -> None:
+            while not any(r == "assistant" and a == agent for r, a, _ in self.messages):
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(waiter(), timeout)
+
+
+@contextmanager
+def _quiet_livekit(verbose: bool) -> Iterator[None]:
+    """livekit's own warnings (e.g. the deprecated Azure api_version) are noise here."""
+    if verbose:
+        yield
+        return
+    lk = logging.getLogger("livekit")
+    ours = logging.getLogger("livekit.plugins.history")
+    saved = (lk.level, ours.level)
+    lk.setLevel(logging.ERROR)
+    if ours.level == logging.NOTSET:
+        ours.setLevel(logging.WARNING)  # ours still speak
+    try:
+        yield
+    finally:
+        lk.setLevel(saved[0])
+        ours.setLevel(saved[1])
+
+
+def _replayed(session: EmulatorSession, loaded: LoadedHistory) -> list[ReplayedItem]:
+    wanted = set(loaded.item_ids)
+    acks: dict[str, tuple[str, str | None, float]] = {}
+    for sent in session.sent:
+        item = sent.event.get("item")
+        if sent.type in _ACKS and isinstance(item, dict) and item.get("id") in wanted:
+            acks.setdefault(item["id"], (sent.type, sent.event.get("previous_item_id"), sent.t))
+    out: list[ReplayedItem] = []
+    for received in session.received:
+        event = received.event
+        if received.type != "conversation.item.create" or not isinstance(event, dict):
+            continue
+        item = event.get("item") or {}
+        if item.get("id") not in wanted:
+            continue
+        text = ConversationView.text_of(item)
+        role = str(item.get("role"))
+        ack = acks.get(item["id"])
+        out.append(
+            ReplayedItem(
+                item_id=item["id"],
+                role=role,
+                text=text,
+                tokens=message_tokens(role, text),
+                ack=ack[0] if ack else None,
+                previous_item_id=ack[1] if ack else None,
+                ack_ms=(ack[2] - received.t) * 1000 if ack else None,
+            )
+        )
+    return out
+
+
+def _recorded_table(turns: list[Turn]) -> Table:
+    table = Table(title="Recorded in call 1 (read back from the store)", title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("speaker")
+    table.add_column("agent", style="cyan")
+    table.add_column("text", overflow="fold")
+    for t in turns:
+        speaker = {Role.USER: "caller", Role.ASSISTANT: "agent", Role.SYSTEM: "note"}[t.role]
+        table.add_row(str(t.seq), speaker, escape(t.agent_id or ""), escape(t.text))
+    return table
+
+
+def _replayed_table(items: list[ReplayedItem], dialect: str) -> Table:
+    table = Table(
+        title=f"Replayed into call 2: conversation.item.create → server ack ({dialect} dialect)",
+        title_justify="left",
+    )
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("role", no_wrap=True)
+    table.add_column("item sent", overflow="fold", min_width=24, ratio=1)
+    table.add_column("tokens", justify="right", no_wrap=True)
+    table.add_column("server ack", no_wrap=True)
+    number = {it.item_id: n for n, it in enumerate(items, 1)}
+    for n, it in enumerate(items, 1):
+        text = it.text if len(it.text) <= 60 else it.text[:57] + "..."
+        if it.ack is None:
+            ack = "[red]no ack[/red]"
+        else:
+            after = (
+                "first"
+                if it.previous_item_id is None
+                else f"after #{number.get(it.previous_item_id, '?')}"
+            )
+            ms = f", {it.ack_ms:.1f} ms" if it.ack_ms is not None else ""
+            ack = f"[green]{it.ack}[/green]\n[dim]{after}{ms}[/dim]"
+        table.add_row(
+            str(n),
+            it.role,
+            f"{escape(text)}\n[dim]{it.item_id}[/dim]",
+            str(it.tokens),
+            ack,
+        )
+    return table
+
+
+@dataclass
+class _Call:
+    """One running call, as the demo's scripts see it."""
+
+    session: AgentSession[CallState]
+    greeter: Greeter
+    state: CallState
+    loaded: LoadedHistory
+    server: EmulatorSession
+    transcript: _Transcript
+    console: Console
+
+
+async def _call(
+    emu: RealtimeEmulator,
+    history: HistoryPlugin,
+    user_id: str,
+    provider: DemoProvider,
+    console: Console,
+    seen: _Seen,
+    script: Callable[[_Call], Awaitable[None]],
+) -> _Call:
+    """One call: load the history, attach, start the greeter, run `script`, hang up."""
+    loaded = await history.load(user_id, instructions=GREETER_INSTRUCTIONS)
+    seen.history_ids = set(loaded.item_ids)
+    state = CallState(history=history, user_id=user_id, loaded=loaded)
+    model = emu.realtime_model(provider, modalities=["text"])
+    session: AgentSession[CallState] = AgentSession(llm=model, userdata=state)
+    recorder = history.attach(session, user_id=user_id)  # before start
+    connections = len(emu.sessions)
+    try:
+        transcript = _Transcript(console, session)
+        greeter = Greeter(instructions=loaded.instructions, chat_ctx=loaded.chat_ctx)
+        await session.start(greeter)
+        server = await emu.wait_for_session(connections + 1)
+        # the history is on the server before the caller speaks
+        await emu.wait_until(lambda: set(loaded.item_ids) <= set(server.item_ids), 10)
+        call = _Call(session, greeter, state, loaded, server, transcript, console)
+        await script(call)
+    finally:
+        await session.aclose()
+        await recorder.aclose()
+        await model.aclose()
+    return call
+
+
+async def _call_1(call: _Call) -> None:
+    await call.session.run(user_input=CALL_1_FIRST)
+    # the model would call transfer_to_specialist here: do what that tool does
+    call.session.update_agent(call.greeter.handoff(call.state))
+    await call.transcript.wait_for_reply_of("specialist")
+    await call.session.run(user_input=CALL_1_SECOND)
+    # ... and remember_preference
+    saved = await save_preference(call.state, *PREFERENCE)
+    call.console.print(f"   [magenta]tool remember_preference[/magenta] → {escape(saved)}")
+
+
+async def _call_2(call: _Call) -> None:
+    loaded, console = call.loaded, call.console
+    console.print(
+        f"   history.load(): {len(loaded.turns)} turns, "
+        f"{'a summary, ' if loaded.summary else ''}{_plural(len(loaded.facts), 'fact')}, "
+        f"{loaded.tokens} tokens of a {loaded.budget:,}-token budget"
+    )
+    console.print(_replayed_table(_replayed(call.server, loaded), call.server.dialect))
+    console.print(
+        Panel(
+            escape(call.server.instructions or ""),
+            title="call 2 session instructions (session.update)",
+            title_align="left",
+        )
+    )
+    await call.session.run(user_input=CALL_2_FIRST)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _header(console: Console, rows: list[tuple[str, str]]) -> None:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    for k, v in rows:
+        grid.add_row(k, escape(v))
+    console.print(Panel(grid, title="livekit-history-plugin offline demo", title_align="left"))
+
+
+async def run_demo(
+    *,
+    db_path: Path | None = None,
+    user_id: str = "demo-caller",
+    provider: DemoProvider = "azure",
+    mode: ReplayMode = "items",
+    console: Console | None = None,
+    verbose: bool = False,
+) -> DemoResult:
+    """Two calls of `user_id`; the second remembers the first. See the module doc."""
+    console = console or Console()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="lhp-demo-") as tmp, _quiet_livekit(verbose):
+        path = db_path if db_path is not None else Path(tmp) / "history.db"
+        store_url = f"sqlite:///{path.resolve()}"
+        seen = _Seen()
+        async with RealtimeEmulator(reply=_demo_reply(seen)) as emu:
+            note = "" if mode == "packed" else " (the plugin's default is packed: one item)"
+            _header(
+                console,
+                [
+                    ("caller", user_id),
+                    ("store", store_url + ("" if db_path else " (temporary)")),
+                    ("realtime API", f"local emulator {emu.base_url}, {_PROVIDER_LABEL[provider]}"),
+                    ("agents", "Greeter → Specialist (handoff); tool remember_preference"),
+                    ("replay mode", mode + note),
+                ],
+            )
+            history = HistoryPlugin(store_url, HistoryConfig(store_url=store_url, mode=mode))
+            try:
+                await history.open()
+                result = await _two_calls(emu, history, user_id, provider, console, seen)
+            finally:
+                await history.aclose()
+    result.seconds = time.perf_counter() - started
+    _footer(console, result)
+    return result
+
+
+async def _two_calls(
+    emu: RealtimeEmulator,
+    history: HistoryPlugin,
+    user_id: str,
+    provider: DemoProvider,
+    console: Console,
+    seen: _Seen,
+) -> DemoResult:
+    before = await history.store.count_turns(user_id)
+    console.rule("[bold]Call 1[/bold]: nothing stored yet", align="left")
+    call_1 = await _call(emu, history, user_id, provider, console, seen, _call_1)
+    recorded = (await history.store.load_latest(user_id, before + 1_000))[before:]
+    console.print(_recorded_table(recorded))
+    facts = await history.facts(user_id)
+    for f in facts:
+        console.print(f"   durable fact [cyan]{escape(f.key)}[/cyan]: {escape(f.text)}")
+
+    console.rule("[bold]Call 2[/bold]: same caller, new session", align="left")
+    call_2 = await _call(emu, history, user_id, provider, console, seen, _call_2)
+    replies = [text for role, _agent, text in call_2.transcript.messages if role == "assistant"]
+    checks = _checks(emu, call_1, call_2, recorded, replies)
+    return DemoResult(
+        ok=all(ok for _, ok in checks),
+        checks=checks,
+        recorded=recorded,
+        replayed=_replayed(call_2.server, call_2.loaded),
+        reply=replies[-1] if replies else "",
+        seconds=0.0,
+        store_url=history.store.url,
+    )
+
+
+def _checks(
+    emu: RealtimeEmulator,
+    call_1: _Call,
+    call_2: _Call,
+    recorded: list[Turn],
+    replies: list[str],
+) -> list[tuple[str, bool]]:
+    replayed = _replayed(call_2.server, call_2.loaded)
+    agents = {t.agent_id for t in recorded}
+    errors = [
+        code
+        for s in (call_1.server, call_2.server)
+        for code in s.error_codes()
+        if code not in _HARMLESS_ERRORS
+    ]
+    fact_text = PREFERENCE[1]
+    return [
+        (
+            f"call 1 recorded {len(recorded)} turns, by the greeter and the specialist",
+            len(recorded) >= 4 and {"greeter", "specialist"} <= agents,
+        ),
+        (
+            f"call 2 replayed {len(replayed)} history items, each acknowledged by the server",
+            bool(replayed)
+            and len(replayed) == len(call_2.loaded.item_ids)
+            and all(r.ack for r in replayed),
+        ),
+        (
+            f"{sum(len(s.received) for s in emu.sessions)} client events valid for the openai "
+            "SDK models; no typeless item, no server error",
+            emu.typeless_items == 0 and not errors and not emu.sdk_validation_errors,
+        ),
+        (
+            "the remembered preference is in call 2's instructions",
+            fact_text in (call_2.server.instructions or ""),
+        ),
+        (
+            "call 2's reply knows call 1",
+            bool(replies) and CALL_1_FIRST in replies[-1] and fact_text in replies[-1],
+        ),
+    ]
+
+
+def _footer(console: Console, result: DemoResult) -> None:
+    console.rule("[bold]Result[/bold]", align="left")
+    for text, ok in result.checks:
+        mark = "[green]✓[/green]" if ok else "[red]✗[/red]"
+        console.print(f" {mark} {escape(text)}")
+    verdict = "[green]call 2 remembered call 1[/green]" if result.ok else "[red]demo FAILED[/red]"
+    console.print(f" {verdict} in {result.seconds:.1f} s (store {escape(result.store_url)})")
