@@ -86,22 +86,26 @@ EXIT_CODES: dict[ExitCode, str] = {
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
-_EPILOG = "\n\n".join(
-    [
-        "[bold]Exit codes[/bold]",
-        "\n".join(
-            f"[bold]{int(code):>3}[/bold]  {escape(text)}" for code, text in EXIT_CODES.items()
-        ),
-        "[bold]Store URLs[/bold]",
-        "\n".join(
-            [
-                "sqlite:///relative/path.db   sqlite:////abs/path.db",
-                "postgresql://user:pw@host:5432/db?schema=livekit_history",
-                "redis://host:6379/0?prefix=livekit_history",
-            ]
-        ),
-    ]
-)
+
+def _epilog() -> str:
+    """The exit code table and the store URL forms, for the end of `--help`."""
+    import typer.rich_utils
+
+    # older typer releases join the lines of a paragraph: there, each line is one
+    keeps_lines = hasattr(typer.rich_utils, "_fix_linebreaks")
+    line_sep = "\n" if keeps_lines else "\n\n"
+    codes = line_sep.join(
+        f"[bold]{int(code):>3}[/bold]  {escape(text)}" for code, text in EXIT_CODES.items()
+    )
+    urls = line_sep.join(
+        [
+            "sqlite:///relative/path.db   sqlite:////abs/path.db",
+            "postgresql://user:pw@host:5432/db?schema=livekit_history",
+            "redis://host:6379/0?prefix=livekit_history",
+        ]
+    )
+    return "\n\n".join(["[bold]Exit codes[/bold]", codes, "[bold]Store URLs[/bold]", urls])
+
 
 # a big export or purge shows a progress bar (when stderr is a terminal)
 _PROGRESS_MIN_TURNS = 2_000
@@ -165,7 +169,7 @@ app = typer.Typer(
     cls=_Group,
     name="livekit-history",
     help="Inspect, export, preview and delete the caller history of livekit-history-plugin.",
-    epilog=_EPILOG,
+    epilog=_epilog(),
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
@@ -191,8 +195,10 @@ class Settings:
 
 
 def _console(*, stderr: bool) -> Console:
-    # COLUMNS wins; a pipe gets a generous width so table cells are not cut short
-    width = None if sys.__stdout__ and os.isatty(1) or os.environ.get("COLUMNS") else 120
+    # a terminal or COLUMNS sets the width; a pipe gets a generous one, so table
+    # cells are not cut to rich's default of 80 columns
+    interactive = os.isatty(2 if stderr else 1)
+    width = None if interactive or os.environ.get("COLUMNS") else 120
     return Console(stderr=stderr, width=width, highlight=False)
 
 
@@ -396,32 +402,37 @@ async def load_all_turns(
 ) -> list[Turn]:
     """Every turn of a user, oldest first, read newest-first in pages.
 
-    The store pages with a strict `before=` timestamp. A page's oldest
-    timestamp may have more turns than the page holds, so those are left out
-    and the next page starts just after that timestamp (timestamps are whole
-    microseconds in every store): a tie at a page boundary is never lost or
-    read twice.
+    The store pages with a strict `before=` time, and a skipped corrupt row
+    still takes a place in a page, so a short page does not mean the end.
+    A page is only trusted for the turns newer than its oldest time (all of
+    those ranked ahead of it, so they are all there); the next page starts
+    just after that time (times are whole microseconds in every store). A
+    page without two distinct times is read again twice as wide, until it is
+    wider than the rows that can be left (`count_turns` counts corrupt rows
+    too): then it holds everything. No turn is lost or read twice.
     """
+    left = await store.count_turns(user_id)  # rows not yet read: an upper bound
     pages: list[list[Turn]] = []
     before: datetime | None = None
     size = page
-    while True:
-        batch = await store.load_latest(user_id, size, before=before)
-        if len(batch) < size:
+    while left > 0:
+        batch = await store.load_latest(user_id, min(size, left), before=before)
+        if size >= left:  # every row left fitted in this page
             pages.append(batch)
+            if on_page is not None:
+                on_page(len(batch))
             break
-        oldest = batch[0].created_at
-        newer = [t for t in batch if t.created_at > oldest]
-        if not newer:  # a whole page on one timestamp: read wider
+        oldest = batch[0].created_at if batch else None
+        newer = [t for t in batch if oldest is not None and t.created_at > oldest]
+        if oldest is None or not newer:  # nothing certain in this page: widen it
             size *= 2
             continue
         pages.append(newer)
         if on_page is not None:
             on_page(len(newer))
+        left -= len(newer)
         before = oldest + timedelta(microseconds=1)
         size = page
-    if on_page is not None:
-        on_page(len(pages[-1]))
     return [t for p in reversed(pages) for t in p]
 
 
@@ -439,6 +450,10 @@ def _progress(settings: Settings, enabled: bool) -> Iterator[Progress]:
     )
     with progress:
         yield progress
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 def _fmt_time(dt: datetime) -> str:
@@ -619,8 +634,9 @@ def export(
             settings, CliError(f"cannot write {str(out)!r}: {e.strerror or e}", ExitCode.USAGE)
         ) from None
     settings.err.print(
-        f"exported {n} records of {user_id!r} ({len(turns)} turns, "
-        f"{'1 summary' if record.summary else 'no summary'}, {len(record.facts)} facts) to {out}",
+        f"exported {n} records of {user_id!r} ({_plural(len(turns), 'turn')}, "
+        f"{'1 summary' if record.summary else 'no summary'}, {_plural(len(record.facts), 'fact')}) "
+        f"to {out}",
         markup=False,
         soft_wrap=True,
     )
@@ -1029,14 +1045,18 @@ def delete(
     user_id = _user(settings, user)
     record = run(settings, lambda store: require_user(store, user_id))
     what = (
-        f"{record.turns} turns, {'a summary' if record.summary else 'no summary'} and "
-        f"{len(record.facts)} facts of {user_id!r} from {redact_url(settings.store_url)}"
+        f"{_plural(record.turns, 'turn')}, {'a summary' if record.summary else 'no summary'} "
+        f"and {_plural(len(record.facts), 'fact')} of {user_id!r}"
     )
     if not yes:
         try:
-            confirmed = typer.confirm(f"Delete {what}?", default=False, err=True)
+            confirmed = typer.confirm(
+                f"Delete {what} from {redact_url(settings.store_url)}?", default=False, err=True
+            )
         except typer.Abort:
             confirmed = False
+        if not sys.stdin.isatty():
+            settings.err.print()  # a piped answer is not echoed: end the prompt's line
         if not confirmed:
             raise fail(
                 settings,
@@ -1044,8 +1064,8 @@ def delete(
             )
     deleted = run(settings, lambda store: store.delete_user(user_id))
     settings.out.print(
-        f"deleted {deleted} turns, {'the summary' if record.summary else 'no summary'} and "
-        f"{len(record.facts)} facts of {user_id!r}",
+        f"deleted {_plural(deleted, 'turn')}, {'the summary' if record.summary else 'no summary'} "
+        f"and {_plural(len(record.facts), 'fact')} of {user_id!r}",
         markup=False,
         soft_wrap=True,
     )
@@ -1092,7 +1112,7 @@ def purge(
 
     deleted = run(settings, op)
     settings.out.print(
-        f"purged {deleted} turns older than {older_than.strip()} (before {_fmt_time(now - age)} UTC) "
+        f"purged {_plural(deleted, 'turn')} older than {older_than.strip()} (before {_fmt_time(now - age)} UTC) "
         f"from {redact_url(settings.store_url)}; summaries and facts kept",
         markup=False,
         soft_wrap=True,

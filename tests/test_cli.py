@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import subprocess
-import sys
+import sqlite3
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -18,7 +15,17 @@ from typer.testing import CliRunner
 from livekit_history_plugin.cli import ExitCode, app, load_all_turns, main
 from livekit_history_plugin.history.models import Fact, Role, Summary, Turn
 from livekit_history_plugin.history.stores import open_store
+from livekit_history_plugin.history.stores.base import to_micros
 from livekit_history_plugin.testing import validate_client_event
+
+
+def _runner() -> CliRunner:
+    """stdout and stderr apart (click < 8.2 mixes them unless told not to)."""
+    try:
+        return CliRunner(mix_stderr=False)  # type: ignore[call-arg]
+    except TypeError:  # click >= 8.2: always apart
+        return CliRunner()
+
 
 T0 = datetime(2026, 11, 1, 10, 0, tzinfo=timezone.utc)
 ADA_TEXTS = [
@@ -102,7 +109,7 @@ def db(tmp_path: Path) -> str:
 def cli(db: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.delenv("LIVEKIT_HISTORY_URL", raising=False)
     monkeypatch.setenv("COLUMNS", "200")
-    runner = CliRunner()
+    runner = _runner()
 
     def invoke(*args: str, store: str | None = db, input: str | None = None) -> Any:
         argv = (["--store", store] if store is not None else []) + list(args)
@@ -205,10 +212,23 @@ def test_export_shows_progress_on_big_histories(cli: Any, db: str) -> None:
     assert "Exporting big" in result.stderr and "2500/2500" in result.stderr
 
 
-async def test_paged_load_keeps_ties_at_page_boundaries(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'ties.db'}"
+def _plant_corrupt_rows(path: Path, user: str, at: list[datetime]) -> None:
+    """Rows the store skips on read (unknown role) but still counts and pages over."""
+    db = sqlite3.connect(path)
+    with db:
+        db.executemany(
+            "INSERT INTO turns (user_id, conversation_id, seq, idem_key, role, text, created_at, "
+            "source) VALUES (?, 'bad', ?, ?, 'bogus', 'x', ?, 'voice')",
+            [(user, i, f"bad:{i}", to_micros(t)) for i, t in enumerate(at)],
+        )
+    db.close()
+
+
+async def test_paged_load_keeps_ties_and_skips_corrupt_rows(tmp_path: Path) -> None:
+    path = tmp_path / "ties.db"
+    url = f"sqlite:///{path}"
     turns = [
-        # runs of 1..7 turns on the same timestamp, across every page boundary
+        # runs of 7 turns on the same time, across every page boundary
         Turn(
             user_id="u",
             conversation_id=f"c{i % 3}",
@@ -227,16 +247,29 @@ async def test_paged_load_keeps_ties_at_page_boundaries(tmp_path: Path) -> None:
             text="x",
             created_at=T0 + timedelta(hours=1),
         )
-        for i in range(9)  # more turns on one timestamp than a page holds
+        for i in range(9)  # more turns on one time than a page holds
     ]
     async with open_store(url) as store:
         await store.append(turns)
+        await store.append(
+            [Turn(user_id="other", conversation_id="o", seq=0, role=Role.USER, text="o")]
+        )
+    # corrupt rows take places in pages: at the oldest time, in the middle, among the newest
+    _plant_corrupt_rows(
+        path,
+        "u",
+        [T0 - timedelta(days=1)] * 5
+        + [T0 + timedelta(seconds=3)] * 4
+        + [T0 + timedelta(hours=2)] * 3,
+    )
+    async with open_store(url) as store:
         expected = await store.load_latest("u", 1_000)
-        pages: list[int] = []
-        for size in (1, 3, 4, 7, 50):
+        assert len(expected) == 69
+        for size in (1, 2, 3, 4, 7, 50, 1_000):
+            pages: list[int] = []
             got = await load_all_turns(store, "u", page=size, on_page=pages.append)
             assert got == expected, size
-        assert sum(pages[-2:]) > 0
+            assert sum(pages) == 69
 
 
 # -- preview ---------------------------------------------------------------------------
@@ -302,7 +335,7 @@ def test_preview_human_output(cli: Any) -> None:
 def test_delete_with_yes_deletes_only_that_user(cli: Any, db: str) -> None:
     result = cli("delete", "ada", "--yes")
     assert result.exit_code == 0, result.stderr
-    assert "deleted 8 turns, the summary and 1 facts of 'ada'" in result.stdout
+    assert "deleted 8 turns, the summary and 1 fact of 'ada'" in result.stdout
     assert _run(_count(db, "ada")) == 0 and _run(_count(db, "bob")) == 3
     assert cli("show", "ada").exit_code == ExitCode.NOT_FOUND
     assert cli("delete", "ada", "--yes").exit_code == ExitCode.NOT_FOUND
@@ -429,17 +462,35 @@ def test_main_returns_the_exit_code(db: str, capsys: pytest.CaptureFixture[str])
     assert main(["--store", db, "nope"]) == ExitCode.USAGE
 
 
-def test_console_script_exit_code(tmp_path: Path) -> None:
-    script = shutil.which("livekit-history", path=os.path.dirname(sys.executable))
-    argv = [script] if script else [sys.executable, "-m", "livekit_history_plugin.cli"]
-    proc = subprocess.run(
-        [*argv, "--store", "postgresql://127.0.0.1:1/x", "stats"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        check=False,
-    )
-    assert proc.returncode == ExitCode.UNAVAILABLE, proc.stderr
-    assert proc.stdout == ""
-    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: ")
+def test_preview_folds_old_turns_into_the_summary_without_storing_it(cli: Any, db: str) -> None:
+    async def long_history() -> None:
+        async with open_store(db) as store:
+            await store.append(
+                [
+                    Turn(
+                        user_id="long",
+                        conversation_id=f"c{i // 10}",
+                        seq=i % 10,
+                        role=Role.USER if i % 2 == 0 else Role.ASSISTANT,
+                        text=f"I'd like to book appointment number {i} on Tuesday.",
+                        created_at=T0 + timedelta(minutes=i),
+                    )
+                    for i in range(80)
+                ]
+            )
+
+    async def stored_summary() -> Summary | None:
+        async with open_store(db) as store:
+            return await store.load_summary("long")
+
+    _run(long_history())
+    result = cli("preview", "long", "--mode", "packed", "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["stored_turns"] == 80 and doc["replayed_turns"] == 50  # max_recent_turns
+    assert doc["summary"] == {"stored": False, "replayed": True, "newly_summarized_turns": 30}
+    [event] = doc["events"]["ga"]
+    assert "summary_of_earlier_calls" in event["event"]["item"]["content"][0]["text"]
+    assert _run(stored_summary()) is None  # a preview writes nothing
+    human = cli("preview", "long")
+    assert "summary replayed, updated with 30 older turns" in human.stdout

@@ -21,7 +21,7 @@ import asyncio
 import functools
 import os
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Literal
 
 from livekit.agents import llm
@@ -29,7 +29,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..compat import ReplayOptions, adapter_of, wrap_realtime_model
 from ..log import logger
-from .budget import BudgetConfig, HistorySelection, compute_history_budget, select_history
+from .budget import (
+    BudgetConfig,
+    HistorySelection,
+    compute_history_budget,
+    load_selection,
+    select_history,
+)
 from .models import Fact, Role, Summary, Turn
 from .recorder import DEFAULT_MAX_TURN_CHARS, DEFAULT_REORDER_WINDOW, Recorder
 from .render import DEFAULT_REPLAY_MODE, base_instructions, render_history
@@ -44,6 +50,8 @@ __all__ = ["HistoryConfig", "HistoryPlugin", "LoadedHistory"]
 # summarize at most this many times per load, the rest waits for the next call
 _MAX_SUMMARY_ROUNDS = 3
 _SESSION_WATCHERS = "_lhp_history_session_watchers"
+# first page when reading the not-yet-summarized turns behind the verbatim ones
+_FIRST_BACKLOG_PAGE = 64
 
 
 def _default_store_url() -> str:
@@ -93,7 +101,9 @@ class HistoryConfig(BaseModel):
         description="seconds a turn may wait for an earlier caller transcript before numbering",
     )
     load_limit: int = Field(
-        default=1_000, ge=1, description="most stored turns read per load (verbatim + to summarize)"
+        default=1_000,
+        ge=1,
+        description="most not-yet-summarized older turns read (and summarized) per load",
     )
     writer_max_buffer: int = Field(default=10_000, ge=1)
     flush_timeout: float = Field(
@@ -113,9 +123,7 @@ class HistoryConfig(BaseModel):
         if self.summarizer is None:
             return ExtractiveSummarizer(self.summary_tokens)
         if isinstance(self.summarizer, llm.LLM):
-            return LLMSummarizer(
-                self.summarizer, self.summary_tokens, timeout=self.summary_timeout
-            )
+            return LLMSummarizer(self.summarizer, self.summary_tokens, timeout=self.summary_timeout)
         summarizer: Summarizer = self.summarizer
         return summarizer
 
@@ -197,25 +205,37 @@ class HistoryPlugin:
         """
         _check_user_id(user_id)
         cfg = self.config
+        # building the tokenizer takes ~0.3 s once per process: not on the event loop
+        await asyncio.to_thread(get_encoding)
+        facts: list[Fact] = []
+        summary: Summary | None = None
+        summarized = 0
         try:
             await self.open()
             facts = await self.store.load_facts(user_id)
+            budget = compute_history_budget(
+                model, instructions, tools_json, cfg.budget, facts=facts, mode=cfg.mode
+            )
             summary = await self.store.load_summary(user_id)
-            turns = await self.store.load_latest(user_id, cfg.load_limit)
+            selection = await load_selection(
+                self.store, user_id, budget, mode=cfg.mode, cfg=cfg.budget
+            )
+            backlog = await self._aged_out(user_id, selection, summary)
         except (StoreError, OSError) as e:
             logger.error(
                 "history of user %r could not be loaded (%s); the call starts without it",
                 user_id,
                 e,
             )
-            facts, summary, turns = [], None, []
-        # building the tokenizer takes ~0.3 s once per process: not on the event loop
-        await asyncio.to_thread(get_encoding)
-
-        budget = compute_history_budget(
-            model, instructions, tools_json, cfg.budget, facts=facts, mode=cfg.mode
-        )
-        selection, summary, summarized = await self._select(turns, summary, budget)
+            budget = compute_history_budget(
+                model, instructions, tools_json, cfg.budget, facts=facts, mode=cfg.mode
+            )
+            selection = select_history([], None, budget, mode=cfg.mode, cfg=cfg.budget)
+            backlog = []
+        if backlog:
+            selection, summary, summarized = await self._summarize(
+                selection, summary, backlog, budget
+            )
         rendered = render_history(selection, facts, cfg.mode, agent_instructions=instructions)
         agent_instructions = rendered.instructions
         if cfg.mode == "instructions" and not (selection.turns or selection.summary):
@@ -226,7 +246,6 @@ class HistoryPlugin:
             extra={
                 "user_id": user_id,
                 "turns": len(selection.turns),
-                "older_turns": selection.older_turns,
                 "summary": selection.summary is not None,
                 "facts": len(facts),
                 "tokens": rendered.history_tokens,
@@ -248,30 +267,66 @@ class HistoryPlugin:
             summarized_turns=summarized,
         )
 
-    async def _select(
-        self, turns: Sequence[Turn], summary: Summary | None, budget: int
+    async def _aged_out(
+        self, user_id: str, selection: HistorySelection, summary: Summary | None
+    ) -> list[Turn]:
+        """Stored turns older than the verbatim ones that the summary does not cover
+        yet, oldest first (at most `config.load_limit`)."""
+        before = selection.turns[0].created_at if selection.turns else None
+        covered = summary.covers_until if summary is not None else None
+        if covered is not None and before is not None and covered >= before:
+            return []
+        limit = min(_FIRST_BACKLOG_PAGE, self.config.load_limit)
+        while True:
+            older = await self.store.load_latest(user_id, limit, before=before)
+            fresh = [t for t in older if covered is None or t.created_at > covered]
+            # pages are newest first: a covered turn means everything older is covered
+            if len(fresh) < len(older) or len(older) < limit:
+                return fresh
+            if limit >= self.config.load_limit:
+                logger.info(
+                    "user %r has more than %d unsummarized older turns; the oldest are "
+                    "left out of the summary",
+                    user_id,
+                    limit,
+                )
+                return fresh
+            limit = min(self.config.load_limit, limit * 4)
+
+    async def _summarize(
+        self,
+        selection: HistorySelection,
+        summary: Summary | None,
+        backlog: list[Turn],
+        budget: int,
     ) -> tuple[HistorySelection, Summary | None, int]:
-        """Select within budget; fold newly aged-out turns into the summary and store it."""
+        """Fold the aged-out turns into the summary, re-select, store the summary.
+
+        A bigger summary can push the oldest verbatim turns out of the budget:
+        those are summarized too (a few rounds at most), so no turn falls
+        between the summary and the verbatim run.
+        """
         cfg = self.config
-        selection = select_history(turns, summary, budget, mode=cfg.mode, cfg=cfg.budget)
         summarized = 0
         for _ in range(_MAX_SUMMARY_ROUNDS):
-            aged_out = selection.to_summarize
-            if not aged_out:
+            if not backlog:
                 break
             try:
-                updated = await self._summarizer.summarize(aged_out, summary)
+                summary = await self._summarizer.summarize(backlog, summary)
             except Exception as e:  # a custom summarizer failing must not fail the call
                 logger.warning(
                     "history summarizer %s failed (%r); %d older turns stay unsummarized",
                     type(self._summarizer).__name__,
                     e,
-                    len(aged_out),
+                    len(backlog),
                 )
                 break
-            summarized += len(aged_out)
-            summary = updated
-            selection = select_history(turns, summary, budget, mode=cfg.mode, cfg=cfg.budget)
+            summarized += len(backlog)
+            # only turns already verbatim can stay verbatim: older ones are summarized now
+            selection = select_history(
+                selection.turns, summary, budget, mode=cfg.mode, cfg=cfg.budget
+            )
+            backlog = selection.to_summarize
         if summarized and summary is not None:
             try:
                 await self.store.save_summary(summary)

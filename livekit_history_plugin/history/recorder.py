@@ -219,7 +219,9 @@ class Recorder:
         """Time turns by when their items appeared on this realtime session
         (needs the session to be wrapped: `compat.adapter_of`)."""
         if adapter_of(rt_session) is None:
-            logger.debug("realtime session %r is not wrapped; turns keep livekit's times", rt_session)
+            logger.debug(
+                "realtime session %r is not wrapped; turns keep livekit's times", rt_session
+            )
             return
         self._rt_sessions.append(weakref.ref(rt_session))
 
@@ -482,7 +484,9 @@ class Recorder:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _REOPEN_MAX)
         if attempts:
-            logger.info("history store %s opened after %d failed attempts", self.store.url, attempts)
+            logger.info(
+                "history store %s opened after %d failed attempts", self.store.url, attempts
+            )
         backlog, self._backlog = self._backlog or [], None
         for turn in backlog:
             self.writer.submit(turn)

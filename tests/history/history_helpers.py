@@ -14,7 +14,6 @@ from typing import Any
 from livekit import rtc
 from livekit.agents import Agent, AgentSession, llm
 from livekit.agents import __version__ as LIVEKIT_VERSION
-from livekit.plugins.openai import realtime as lk_realtime
 
 from livekit_history_plugin.history.plugin import HistoryPlugin, LoadedHistory
 from livekit_history_plugin.history.recorder import Recorder
@@ -50,18 +49,18 @@ class Billing(Agent):
 class Call:
     """One running call: session, recorder, model, what was loaded."""
 
-    session: AgentSession
+    session: AgentSession[Any]
     recorder: Recorder
     model: Any
     loaded: LoadedHistory
     replies: list[str] = field(default_factory=list)
 
     async def say(self, text: str) -> str:
-        result = await asyncio.wait_for(self.session.run(user_input=text), 20)
+        result: Any = await asyncio.wait_for(self.session.run(user_input=text), 20)
         reply = ""
         for ev in result.events:
             item = getattr(ev, "item", None)
-            if getattr(item, "role", None) == "assistant":
+            if item is not None and getattr(item, "role", None) == "assistant":
                 reply = item.text_content or ""
         self.replies.append(reply)
         return reply
@@ -83,7 +82,7 @@ async def start_call(
 ) -> Call:
     loaded = await plugin.load(user_id, instructions=AGENT_INSTRUCTIONS)
     model = emu.realtime_model(kind, modalities=["text"])  # type: ignore[arg-type]
-    session: AgentSession = AgentSession(llm=model)
+    session: AgentSession[Any] = AgentSession(llm=model)
     recorder = plugin.attach(
         session, user_id=user_id, conversation_id=conversation_id, agent_id=agent_id
     )
@@ -115,6 +114,12 @@ def text_of(item: dict[str, Any]) -> str:
     )
 
 
+def message_text(ctx: llm.ChatContext, index: int = 0) -> str:
+    item = ctx.items[index]
+    assert isinstance(item, llm.ChatMessage)
+    return item.text_content or ""
+
+
 def ack_times(s: EmulatorSession, item_ids: Sequence[str]) -> dict[str, float]:
     """When the server acknowledged each item (sent time of its created/added event)."""
     wanted = set(item_ids)
@@ -140,13 +145,16 @@ def session_updates_instructions(s: EmulatorSession) -> list[str]:
     return out
 
 
-def assert_clean(s: EmulatorSession) -> None:
-    """No protocol error and no rejected client event on this connection.
-
+def protocol_errors(s: EmulatorSession) -> list[dict[str, Any]]:
+    """Error events of this connection, except one livekit causes on its own:
     livekit < 1.5 cancels "the current response" when a session closes even
-    when there is none; the server's answer to that is not ours.
-    """
-    errors = [e for e in s.errors if e["error"].get("code") != "response_cancel_not_active"]
+    when there is none."""
+    return [e for e in s.errors if e["error"].get("code") != "response_cancel_not_active"]
+
+
+def assert_clean(s: EmulatorSession) -> None:
+    """No protocol error and no rejected client event on this connection."""
+    errors = protocol_errors(s)
     assert errors == [], errors
     rejected = [f for f in s.emulator.sdk_validation_errors if f.rejected]
     assert rejected == [], rejected
@@ -170,7 +178,7 @@ def observe(emu: RealtimeEmulator, loaded: LoadedHistory) -> dict[str, Any]:
         ],
         "response_instructions": first.instructions if first else None,
         "session_update_instructions": session_updates_instructions(s),
-        "errors": s.errors,
+        "errors": protocol_errors(s),
         "rejected": [f.message for f in emu.sdk_validation_errors if f.rejected],
     }
 
@@ -184,11 +192,3 @@ def speech_frame(ms: int = FRAME_MS) -> rtc.AudioFrame:
         num_channels=1,
         samples_per_channel=samples,
     )
-
-
-def realtime_model_class() -> type[Any]:
-    return lk_realtime.RealtimeModel  # type: ignore[no-any-return]
-
-
-def chat_ctx_copy(session: AgentSession) -> llm.ChatContext:
-    return session.current_agent.chat_ctx.copy()

@@ -25,6 +25,7 @@ from history_helpers import (
     ack_times,
     assert_clean,
     first_received,
+    message_text,
     run_call,
     session_updates_instructions,
     speech_frame,
@@ -118,7 +119,9 @@ async def test_bad_user_id_is_refused_before_the_call() -> None:
 # -- each replay mode, end to end -----------------------------------------------------------
 @pytest.mark.parametrize("kind", PATHS)
 @pytest.mark.parametrize("mode", ["items", "packed", "instructions"])
-async def test_replay_mode_end_to_end(emu: RealtimeEmulator, url: str, mode: str, kind: str) -> None:
+async def test_replay_mode_end_to_end(
+    emu: RealtimeEmulator, url: str, mode: str, kind: str
+) -> None:
     plugin = HistoryPlugin(url, HistoryConfig(mode=mode))  # type: ignore[arg-type]
     first = await run_call(
         emu, plugin, "alice", ["Hi, I'm Alice.", "Book me for Friday <at 9>."], kind=kind
@@ -328,7 +331,11 @@ async def test_corrupt_redis_rows_are_skipped(caplog: pytest.LogCaptureFixture) 
         order, hashed = store.key("order", "erin"), store.key("turns", "erin")  # type: ignore[attr-defined]
         await client.hset(hashed, "bad-json", "{not json")
         await client.zadd(order, {f"bad\x00{7:019d}\x00bad-json": int(T0.timestamp() * 1e6) + 5})
-        await client.hset(hashed, "bad-role", json.dumps({**seeded("erin", 1)[0].model_dump(mode="json"), "role": "root"}))
+        await client.hset(
+            hashed,
+            "bad-role",
+            json.dumps({**seeded("erin", 1)[0].model_dump(mode="json"), "role": "root"}),
+        )
         await client.zadd(order, {f"bad\x00{8:019d}\x00bad-role": int(T0.timestamp() * 1e6) + 6})
         caplog.set_level(logging.WARNING, logger=LOGGER)
         plugin = HistoryPlugin(store, HistoryConfig(mode="items"))
@@ -388,7 +395,7 @@ async def test_summary_is_stored_and_only_new_aged_out_turns_are_summarized(url:
     assert summarizer.calls == [30] and first.summarized_turns == 30
     assert [t.seq for t in first.turns] == list(range(30, 40))
     assert first.summary is not None and first.summary.turn_count == 30
-    assert "summary_of_earlier_calls" in first.chat_ctx.items[0].text_content  # type: ignore[union-attr]
+    assert "summary_of_earlier_calls" in message_text(first.chat_ctx)
 
     again = await plugin.load("gina")
     assert summarizer.calls == [30] and again.summarized_turns == 0
@@ -405,6 +412,23 @@ async def test_summary_is_stored_and_only_new_aged_out_turns_are_summarized(url:
     await plugin.aclose()
 
 
+async def test_the_unsummarized_backlog_read_is_bounded(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    summarizer = CountingSummarizer()
+    cfg = HistoryConfig(
+        summarizer=summarizer, load_limit=8, budget=BudgetConfig(max_recent_turns=10)
+    )
+    await seed(url, seeded("hugo", 40))
+    plugin = HistoryPlugin(url, cfg)
+    loaded = await plugin.load("hugo")
+    await plugin.aclose()
+    assert summarizer.calls == [8]  # the 8 newest of the 30 aged-out turns
+    assert loaded.summary is not None and loaded.summary.turn_count == 8
+    assert any("more than 8 unsummarized older turns" in r.getMessage() for r in caplog.records)
+
+
 # -- caller audio waits for the history --------------------------------------------------------------
 async def _call_with_early_audio(
     emu: RealtimeEmulator, url: str, kind: str, *, wrap: bool
@@ -415,7 +439,7 @@ async def _call_with_early_audio(
     loaded = await plugin.load("hana", instructions=AGENT_INSTRUCTIONS)
     assert len(loaded.item_ids) == 12
     model = emu.realtime_model(kind, modalities=["text"])  # type: ignore[arg-type]
-    session = AgentSession(llm=model)
+    session: AgentSession[Any] = AgentSession(llm=model)
     if wrap:
         plugin.attach(session, user_id="hana")
     loop = asyncio.get_running_loop()
@@ -495,7 +519,7 @@ async def test_attach_after_start_is_reported(
     caplog.set_level(logging.WARNING, logger=LOGGER)
     plugin = HistoryPlugin("sqlite://:memory:")
     model = emu.realtime_model("openai", modalities=["text"])
-    session = AgentSession(llm=model)
+    session: AgentSession[Any] = AgentSession(llm=model)
     await session.start(Maya())
     recorder = plugin.attach(session, user_id="judy")
     await session.run(user_input="late attach still records")

@@ -183,10 +183,16 @@ async def test_pg_concurrent_migrations_are_serialized(pg_backend: PostgresBacke
 
         waiting = 0
 
+        key = pg_store._lock_key(b.schema) & 0xFFFFFFFFFFFFFFFF
+
         async def count_waiters() -> None:
             nonlocal waiting
+            # waiters on *our* lock only: other suites may use advisory locks too
             waiting = await holder.fetchval(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                "AND classid::text::bigint = $1 AND objid::text::bigint = $2",
+                key >> 32,
+                key & 0xFFFFFFFF,
             )
 
         async def both_waiting() -> bool:
