@@ -11,8 +11,10 @@ session, 20 ms frames of speech are pushed into it in real time for
                     (instructions mode)
     frames early    20 ms frames whose audio reached the server before that:
                     what the server's VAD hears, and may answer, without the history
+    frames ahead    20 ms frames the server received before the last history item
     frames held     frames the audio gate held (wrapped model only)
-    hold            per held frame: pushed -> reached the server
+    delay           per frame spoken before the history was acknowledged: spoken ->
+                    reached the server (the cost of holding)
 
 Variants: the plugin (`HistoryPlugin.attach`: wrapped model, audio gate) and
 livekit's native path (same history in `Agent(chat_ctx=...)`, model not
@@ -49,7 +51,7 @@ from livekit_history_plugin.history.plugin import (
     watch_sessions,
 )
 from livekit_history_plugin.history.stores import open_store
-from livekit_history_plugin.testing import EmulatorSession, RealtimeEmulator
+from livekit_history_plugin.testing import EmulatorSession, RealtimeEmulator, RejectRule
 
 SAMPLE_RATE = 24_000
 FRAME_MS = 20
@@ -61,6 +63,24 @@ Mode = Literal["items", "packed", "instructions"]
 
 REJECT_MARKER = "PLEASE-REJECT"
 REJECTED_TURN = 10
+
+
+@dataclass(frozen=True)
+class Scenario:
+    title: str
+    code: str | None = None  # the server refuses history turn REJECTED_TURN with it
+    once: bool = False  # only the first time (a transient failure)
+
+
+SCENARIOS = [
+    Scenario("clean"),
+    Scenario(
+        f"the server fails history turn {REJECTED_TURN} once (server_error, transient)",
+        "server_error",
+        once=True,
+    ),
+    Scenario(f"the server refuses history turn {REJECTED_TURN} (invalid_value)", "invalid_value"),
+]
 
 
 @dataclass(frozen=True)
@@ -77,6 +97,7 @@ class CallStats:
     frames_early: int  # reached the server before the history was acknowledged
     frames_ahead: int  # reached the server before the history itself (server order)
     frames_held: int
+    # per frame spoken before the history was acknowledged: spoken -> at the server
     holds_ms: list[float] = field(default_factory=list)
     gate_reason: str | None = None
     missing: int = 0  # history items that should be on the server and are not
@@ -148,9 +169,11 @@ def _history_received_at(s: EmulatorSession, loaded: LoadedHistory) -> float | N
     return max(times) if times else None
 
 
-def _history_acked_at(s: EmulatorSession, loaded: LoadedHistory) -> float | None:
+def _history_acked_at(
+    s: EmulatorSession, loaded: LoadedHistory, scenario: Scenario
+) -> float | None:
     if loaded.item_ids:
-        wanted = set(loaded.item_ids)
+        wanted = _expected_items(s, loaded, scenario)
         acks = [
             sent.t
             for sent in s.sent
@@ -167,7 +190,12 @@ def _history_acked_at(s: EmulatorSession, loaded: LoadedHistory) -> float | None
 
 
 async def one_call(
-    emu: RealtimeEmulator, url: str, variant: Variant, kind: str, talk_frames: int
+    emu: RealtimeEmulator,
+    url: str,
+    variant: Variant,
+    scenario: Scenario,
+    kind: str,
+    talk_frames: int,
 ) -> CallStats:
     loop = asyncio.get_running_loop()
     gate = HistoryConfig().audio_gate_timeout if variant.gate else None
@@ -194,6 +222,10 @@ async def one_call(
         talkers.append(asyncio.ensure_future(talk(rt)))
 
     watch_sessions(model, on_session)
+    if scenario.code is not None:
+        emu.faults.reject = [
+            RejectRule.text_contains(REJECT_MARKER, code=scenario.code, once=scenario.once)
+        ]
     connected = len(emu.sessions)
     t0 = loop.time()
     await session.start(Agent(instructions=loaded.instructions, chat_ctx=loaded.chat_ctx))
@@ -202,12 +234,11 @@ async def one_call(
     total = talk_frames * FRAME_BYTES
     await emu.wait_until(lambda: _bytes(s) >= total, 10)
 
-    acked = _history_acked_at(s, loaded)
+    acked = _history_acked_at(s, loaded, scenario)
     received = _history_received_at(s, loaded)
     arrivals = _append_arrivals(s)
     early = ahead = 0
     holds: list[float] = []
-    gate_open = arrivals[0][0] if arrivals else None
     for i, pushed_at in enumerate(pushed):
         arrived = _arrival_of_frame(arrivals, i)
         if arrived is None:
@@ -216,7 +247,7 @@ async def one_call(
             early += 1
         if received is not None and arrived < received:
             ahead += 1
-        if variant.plugin and gate_open is not None and pushed_at < gate_open:
+        if acked is not None and pushed_at < acked:
             holds.append((arrived - pushed_at) * 1000)
     adapter = adapter_of(rt_sessions[0]) if rt_sessions else None
     stats = CallStats(
@@ -226,7 +257,7 @@ async def one_call(
         frames_held=adapter.audio_gate.frames_held if adapter is not None else 0,
         holds_ms=holds,
         gate_reason=adapter.audio_gate.reason if adapter is not None else None,
-        missing=len(_expected_items(s, loaded) - set(s.item_ids)),
+        missing=len(_expected_items(s, loaded, scenario) - set(s.item_ids)),
     )
     await session.aclose()
     await model.aclose()
@@ -234,8 +265,10 @@ async def one_call(
     return stats
 
 
-def _expected_items(s: EmulatorSession, loaded: LoadedHistory) -> set[str]:
-    """History items a correct replay lands: all but the ones the server refuses."""
+def _expected_items(s: EmulatorSession, loaded: LoadedHistory, scenario: Scenario) -> set[str]:
+    """History items a correct replay lands: all but the one the server refuses for good."""
+    if scenario.code is None or scenario.once:
+        return set(loaded.item_ids)
     refused = {
         str((r.event.get("item") or {}).get("id"))
         for r in s.received
@@ -270,7 +303,7 @@ VARIANTS = [
 ]
 HEADER = (
     f"{'variant':<24} {'history acked ms':>17} {'frames ahead':>13} {'frames early':>13} "
-    f"{'frames held':>12} {'hold ms':>15} {'gate':>9} {'missing':>8}"
+    f"{'frames held':>12} {'delay ms':>15} {'gate':>9} {'missing':>8}"
 )
 SUBHEADER = (
     f"{'':<24} {'p50 / p99':>17} {'p50 / max':>13} {'p50 / max':>13} {'p50 / max':>12} "
@@ -309,22 +342,19 @@ async def run(args: argparse.Namespace) -> None:
         f"server latency {args.latency * 1000:.0f} ms; the caller talks "
         f"{args.talk_ms} ms from the realtime session's creation ({FRAME_MS} ms frames)"
     )
-    scenarios = [("clean", False), (f"the server refuses history turn {REJECTED_TURN}", True)]
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / 'history.db'}"
         async with open_store(url) as store:
             await store.append(_history(args.turns))
-        for title, reject in scenarios:
-            print(f"\n{title}\n{HEADER}\n{SUBHEADER}\n" + "-" * len(HEADER))
+        for scenario in SCENARIOS:
+            print(f"\n{scenario.title}\n{HEADER}\n{SUBHEADER}\n" + "-" * len(HEADER))
             for variant in VARIANTS:
-                if reject and variant.mode == "packed":
+                if scenario.code is not None and variant.mode == "packed":
                     continue  # one packed item: refusing it refuses the whole history
                 async with RealtimeEmulator() as emu:
                     emu.faults.latency = args.latency
-                    if reject:
-                        emu.reject_text(REJECT_MARKER, code="invalid_value")
                     results = [
-                        await one_call(emu, url, variant, args.kind, talk_frames)
+                        await one_call(emu, url, variant, scenario, args.kind, talk_frames)
                         for _ in range(args.calls)
                     ]
                 print(_row(variant.name, results), flush=True)
@@ -333,9 +363,11 @@ async def run(args: argparse.Namespace) -> None:
         "frames ahead: 20 ms caller frames the server received before the last history item "
         "(its VAD\n  can answer those without the history).\n"
         "frames early: frames the server received before it acknowledged the history.\n"
-        "frames held / hold: frames the audio gate held, and how much later each reached the "
-        "server\n  than it was spoken.\n"
-        "missing: history items never landed (not counting the refused one)."
+        "frames held: frames the audio gate held.\n"
+        "delay: for frames spoken before the history was acknowledged, how much later each "
+        "reached\n  the server (livekit sends audio in 100 ms chunks: up to 80 ms without any "
+        "gate).\n"
+        "missing: history items that never landed (the one refused for good not counted)."
     )
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from livekit.agents import Plugin
-
 from .log import logger
 from .version import __version__
 
@@ -66,10 +64,3 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value
     return value
 
-
-class HistoryLivekitPlugin(Plugin):
-    def __init__(self) -> None:
-        super().__init__(__name__, __version__, __package__, logger)
-
-
-Plugin.register_plugin(HistoryLivekitPlugin())

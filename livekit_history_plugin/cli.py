@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from enum import Enum, IntEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal, TextIO, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TextIO, TypeVar
 
 import typer
 from pydantic import TypeAdapter, ValidationError
@@ -44,9 +44,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 from typer.core import TyperGroup
 
-from .history.budget import BudgetConfig
 from .history.models import ConversationInfo, Fact, Ident, Role, StoreStats, Summary, Turn
-from .history.render import TRUNCATION_MARK
 from .history.stores import DEFAULT_URL, ENV_VAR, HistoryStore, open_store
 from .history.stores.base import (
     MissingDriverError,
@@ -55,9 +53,12 @@ from .history.stores.base import (
     StoreUnavailableError,
     redact_url,
 )
-from .history.tokens import count_tokens
 from .log import logger
 from .version import __version__
+
+if TYPE_CHECKING:
+    # livekit (several seconds to import) only where a command needs it
+    from .history.budget import BudgetConfig
 
 T = TypeVar("T")
 
@@ -843,7 +844,8 @@ async def build_preview(store: HistoryStore, request: PreviewRequest) -> Preview
 
     from .history.budget import context_window_for
     from .history.plugin import HistoryConfig, HistoryPlugin
-    from .history.tokens import message_tokens
+    from .history.render import TRUNCATION_MARK
+    from .history.tokens import count_tokens, message_tokens
     from .replay.engine import ReplayEngine, SendEvent
     from .replay.plan import plan_update
 

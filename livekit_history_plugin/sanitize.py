@@ -27,6 +27,7 @@ from typing import Any, Final
 
 from livekit.agents import llm
 
+from . import _plugin  # noqa: F401  (registers with livekit)
 from .log import logger
 
 __all__ = [

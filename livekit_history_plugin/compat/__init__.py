@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from livekit.agents import __version__ as _LIVEKIT_VERSION
 
+from .. import _plugin  # noqa: F401  (registers with livekit)
 from ..log import logger
 from ._adapter import ReplayOptions, SessionAdapter, adapter_of
 from .beta import BetaSessionAdapter

@@ -27,6 +27,7 @@ from typing import Any, Literal
 from livekit.agents import llm
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .. import _plugin  # noqa: F401  (registers with livekit)
 from ..compat import ReplayOptions, adapter_of, wrap_realtime_model
 from ..log import logger
 from .budget import (
@@ -44,7 +45,7 @@ from .stores.base import HistoryStore, StoreError
 from .summarize import DEFAULT_SUMMARY_TOKENS, ExtractiveSummarizer, LLMSummarizer, Summarizer
 from .tokens import get_encoding
 
-__all__ = ["HistoryConfig", "HistoryPlugin", "LoadedHistory"]
+__all__ = ["HistoryConfig", "HistoryPlugin", "LoadedHistory", "watch_sessions"]
 
 # a summary update may shift the verbatim window again (the summary grew):
 # summarize at most this many times per load, the rest waits for the next call

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Literal
 from livekit.agents import llm
 from pydantic import BaseModel, ConfigDict
 
+from .. import _plugin  # noqa: F401  (registers with livekit)
 from ..log import logger
 from .models import Fact, Role, Summary, Turn
 from .tokens import count_tokens, message_tokens

@@ -10,7 +10,7 @@ Example::
         ...
         assert emu.last_session.texts() == [("user", "hello"), ...]
 """
-
+from .. import _plugin  # noqa: F401  (registers with livekit)
 from ._faults import AckMatch, FaultConfig, ItemMatch, RejectRule, item_text
 from .emulator import (
     ConversationView,

@@ -434,7 +434,8 @@ async def _call_with_early_audio(
     emu: RealtimeEmulator, url: str, kind: str, *, wrap: bool
 ) -> tuple[Any, Any, list[float]]:
     """Start a call whose caller talks from the very first moment: 25 frames of
-    20 ms pushed into the realtime session as soon as it exists."""
+    20 ms pushed into the realtime session as soon as it exists (livekit sends
+    caller audio in 100 ms appends)."""
     plugin = HistoryPlugin(url, HistoryConfig(mode="items", audio_gate_timeout=5.0))
     loaded = await plugin.load("hana", instructions=AGENT_INSTRUCTIONS)
     assert len(loaded.item_ids) == 12
@@ -448,10 +449,11 @@ async def _call_with_early_audio(
     sessions: list[Any] = []
 
     async def talk(rt: Any) -> None:
-        for _ in range(25):
+        for i in range(25):
             pushed.append(loop.time())
             rt.push_audio(speech_frame())
-            await asyncio.sleep(0.02)  # a caller speaking in real time
+            if i >= 9:  # 200 ms at once (a first chunk is ready at once), then real time
+                await asyncio.sleep(0.02)
 
     def on_session(rt: Any) -> None:
         sessions.append(rt)
