@@ -259,7 +259,9 @@ class Recorder:
             for item in mirror.to_chat_ctx().items:
                 if getattr(item, "type", None) != "message" or item.role != "user":
                     continue
-                if item.id in self._seen or (item.text_content or "").strip():
+                # livekit mirrors a caller audio item with no content until its
+                # transcript arrives; text and image items have content at once
+                if item.id in self._seen or item.content:
                     continue
                 created = float(item.created_at)
                 expires = created + self.reorder_window
