@@ -78,7 +78,7 @@ class ReplayOptions(BaseModel):
 
 
 class AudioGateStats(BaseModel):
-    opened_after: float | None = None  # seconds from session creation
+    opened_after: float | None = None  # seconds the gate was closed (last time)
     reason: str | None = None  # "replayed" or "timeout"
     frames_held: int = 0
     frames_dropped: int = 0
@@ -110,7 +110,7 @@ class SessionAdapter:
         self.audio_gate = AudioGateStats()
         self._reasserted = False
         self._held: collections.deque[Any] | None = None
-        self._created_at = time.monotonic()
+        self._gate_closed_at = time.monotonic()
 
     # -- per-path facts (override) ---------------------------------------------
 
@@ -142,6 +142,7 @@ class SessionAdapter:
     # -- holding caller audio until the history is on the server ----------------
 
     def _close_audio_gate(self, timeout: float) -> None:
+        self._gate_closed_at = time.monotonic()
         self._held = collections.deque()
         self._orig_push_audio = self.session.push_audio
         self.session.push_audio = self._push_audio
@@ -165,7 +166,7 @@ class SessionAdapter:
             return
         self._gate_timer.cancel()
         self.session.push_audio = self._orig_push_audio
-        self.audio_gate.opened_after = time.monotonic() - self._created_at
+        self.audio_gate.opened_after = time.monotonic() - self._gate_closed_at
         self.audio_gate.reason = reason
         if reason == "timeout":
             logger.warning(
@@ -372,6 +373,10 @@ class SessionAdapter:
     def _on_reconnected(self, _ev: Any = None) -> None:
         ctx, self._reconnect_ctx = self._reconnect_ctx, None
         self._reasserted = False  # a new connection: its replay re-asserts again
+        if self.options.audio_gate_timeout is not None and self._held is None:
+            # mid-call the activity is already live: without this, the caller's
+            # audio reaches the new connection before the history it answers to
+            self._close_audio_gate(self.options.audio_gate_timeout)
         if self._driver is not None:
             # the running update re-plans against the fresh mirror with its own,
             # newer target, which supersedes the reconnect snapshot

@@ -234,3 +234,37 @@ async def test_replay_while_a_response_is_generated(path: Any, emulator: Realtim
     assert ours == new
     assert server[:2] == ["u0", "a0"]
     assert len(server) == 13  # + the response's own assistant item
+
+
+async def test_caller_audio_waits_for_history_after_a_reconnect(
+    path: Any, emulator: RealtimeEmulator
+) -> None:
+    """Mid-call the audio keeps flowing; after livekit reconnects, the caller's
+    audio must not reach the new connection before the replayed history."""
+    emulator.faults.latency = 0.05
+    model = wrap_realtime_model(
+        path.build(emulator), options=ReplayOptions(audio_gate_timeout=1.5)
+    )
+    session = model.session()
+    await emulator.wait_for_session()
+    reconnected = asyncio.Event()
+    session.on("session_reconnected", lambda *_: reconnected.set())
+    try:
+        await session.update_chat_ctx(llm.ChatContext(messages(IDS)))
+        first = emulator.last_session
+        await emulator.close_all()
+        await asyncio.wait_for(reconnected.wait(), 10)
+        for _ in range(5):
+            session.push_audio(_frame())
+        await emulator.wait_until(
+            lambda: emulator.last_session is not first
+            and emulator.last_session.audio_appends > 0,
+            5,
+        )
+        second = emulator.last_session
+        acks = [e.t for e in second.sent if e.event["type"].startswith("conversation.item.")]
+    finally:
+        await session.aclose()
+    assert second.item_ids == IDS
+    assert second.first_audio_at is not None and acks
+    assert second.first_audio_at >= max(acks)
