@@ -28,11 +28,13 @@ __all__ = [
     "adapter_of",
     "adapter_for_session",
     "install",
+    "replay_options_of",
     "wrap_realtime_model",
 ]
 
 M = TypeVar("M")
 _WRAPPED = "_lhp_wrapped"
+_OPTIONS = "_lhp_options"
 
 
 def _version_tuple(v: str) -> tuple[int, ...]:
@@ -74,22 +76,33 @@ def install(session: Any, options: ReplayOptions | None = None) -> SessionAdapte
     return adapter
 
 
+def replay_options_of(model: Any) -> ReplayOptions | None:
+    """The options a wrapped model gives its new sessions (None: not wrapped or defaults)."""
+    found = getattr(model, _OPTIONS, None)
+    return found if isinstance(found, ReplayOptions) else None
+
+
 def wrap_realtime_model(model: M, *, options: ReplayOptions | None = None) -> M:
     """Make every session of `model` use the safe chat-context replay.
 
     Returns the same object, so it drops in where the model is built:
     `AgentSession(llm=wrap_realtime_model(openai.realtime.RealtimeModel(...)))`.
+    Wrapping again is harmless; given `options`, it replaces the options that
+    sessions created from then on get.
     """
     if getattr(model, _WRAPPED, False):
+        if options is not None:
+            setattr(model, _OPTIONS, options)
         return model
     original = model.session  # type: ignore[attr-defined]
 
     @functools.wraps(original)
     def session(*args: Any, **kwargs: Any) -> Any:
         sess = original(*args, **kwargs)
-        install(sess, options)
+        install(sess, getattr(model, _OPTIONS, None))
         return sess
 
     model.session = session  # type: ignore[attr-defined]
+    setattr(model, _OPTIONS, options)
     setattr(model, _WRAPPED, True)
     return model

@@ -28,7 +28,7 @@ from livekit.agents import llm
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .. import _plugin  # noqa: F401  (registers with livekit)
-from ..compat import ReplayOptions, adapter_of, wrap_realtime_model
+from ..compat import ReplayOptions, replay_options_of, wrap_realtime_model
 from ..log import logger
 from .budget import (
     BudgetConfig,
@@ -361,9 +361,10 @@ class HistoryPlugin:
         model = getattr(session, "llm", None)
         realtime = isinstance(model, llm.RealtimeModel)
         if realtime:
-            wrap_realtime_model(
-                model, options=ReplayOptions(audio_gate_timeout=cfg.audio_gate_timeout)
-            )
+            # keep whatever else the author configured on an already wrapped model
+            base = replay_options_of(model) or ReplayOptions()
+            options = base.model_copy(update={"audio_gate_timeout": cfg.audio_gate_timeout})
+            wrap_realtime_model(model, options=options)
         recorder = Recorder(
             session,
             self.store,
@@ -379,25 +380,10 @@ class HistoryPlugin:
         )
         if realtime:
             recorder.add_close_hook(
-                watch_sessions(model, self._session_watcher(recorder, cfg.audio_gate_timeout))
+                watch_sessions(model, recorder.watch_realtime_session)
             )
         self._recorders.add(recorder)
         return recorder
-
-    @staticmethod
-    def _session_watcher(recorder: Recorder, gate: float | None) -> Callable[[Any], None]:
-        def on_session(rt_session: Any) -> None:
-            adapter = adapter_of(rt_session)
-            if adapter is not None and adapter.options.audio_gate_timeout != gate:
-                logger.warning(
-                    "realtime model was wrapped before attach() with audio_gate_timeout=%s; "
-                    "config.audio_gate_timeout=%s is not applied",
-                    adapter.options.audio_gate_timeout,
-                    gate,
-                )
-            recorder.watch_realtime_session(rt_session)
-
-        return on_session
 
     # -- durable facts -----------------------------------------------------------------
     async def remember(self, user_id: str, key: str, text: str) -> Fact:

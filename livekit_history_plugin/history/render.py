@@ -349,7 +349,9 @@ def render_history(
         else:
             history_in_instructions = transcript_block(mode, summary, turns)
             history_tokens = count_tokens(history_in_instructions)
-    instructions = base_instructions(agent_instructions, facts, mode) + history_in_instructions
+    # with no block to append, the blank line kept for it would be left dangling
+    base_mode: ReplayMode = mode if history_in_instructions else DEFAULT_REPLAY_MODE
+    instructions = base_instructions(agent_instructions, facts, base_mode) + history_in_instructions
     return RenderedHistory(
         mode=costs.mode,
         chat_ctx=ctx,

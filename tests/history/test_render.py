@@ -231,3 +231,16 @@ def test_quote_keeps_text_on_one_line() -> None:
     q = quote('a\nb\u2028c\rd"e<f>')
     assert "\n" not in q and "\u2028" not in q and "\r" not in q
     assert json.loads(q) == 'a\nb c\rd"e‹f›'
+
+
+def test_instructions_mode_without_history_leaves_no_dangling_blank_line() -> None:
+    from livekit_history_plugin.history.budget import HistorySelection
+    from livekit_history_plugin.history.models import Fact
+    from livekit_history_plugin.history.render import render_history
+
+    empty = HistorySelection(mode="instructions", budget=1000, turns=[], summary=None, tokens=0)
+    facts = [Fact(user_id="u", key="diet", text="The caller is vegan.")]
+    for fs in ([], facts):
+        out = render_history(empty, fs, "instructions", agent_instructions="Be brief.")
+        assert not out.instructions.endswith("\n"), repr(out.instructions)
+        assert out.instructions.startswith("Be brief.")

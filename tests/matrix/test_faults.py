@@ -268,3 +268,20 @@ async def test_caller_audio_waits_for_history_after_a_reconnect(
     assert second.item_ids == IDS
     assert second.first_audio_at is not None and acks
     assert second.first_audio_at >= max(acks)
+
+
+async def test_wrapping_again_replaces_options_for_new_sessions(
+    path: Any, emulator: RealtimeEmulator
+) -> None:
+    from livekit_history_plugin.compat import replay_options_of
+
+    model = wrap_realtime_model(path.build(emulator), options=FAST)
+    gated = FAST.model_copy(update={"audio_gate_timeout": 0.5})
+    assert wrap_realtime_model(model, options=gated) is model
+    assert replay_options_of(model) == gated
+    session = model.session()
+    try:
+        adapter = adapter_of(session)
+        assert adapter is not None and adapter.options == gated
+    finally:
+        await session.aclose()
