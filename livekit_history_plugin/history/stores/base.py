@@ -7,7 +7,7 @@ backend; a new backend is done when that suite passes on it.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
@@ -17,6 +17,21 @@ from ..models import ConversationInfo, Fact, StoreStats, Summary, Turn, as_utc, 
 
 # purge progress: called with the number of turns deleted so far, after each batch
 PurgeProgress = Callable[[int], None]
+
+
+async def purge_in_batches(
+    run_batch: Callable[[], Awaitable[int]], batch: int, progress: PurgeProgress | None
+) -> int:
+    """Run a purge as short transactions of at most `batch` rows each, so a live
+    call's append waits for one batch, never for the whole purge."""
+    total = 0
+    while True:
+        n = await run_batch()
+        total += n
+        if progress is not None and n:
+            progress(total)
+        if n < batch:
+            return total
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 

@@ -46,6 +46,7 @@ from .base import (
     StoreUnavailableError,
     check_limit,
     purge_cutoff,
+    purge_in_batches,
     redact_url,
     storable,
     storable_turn_texts,
@@ -346,15 +347,9 @@ class PostgresStore(HistoryStore):
             status: str = await conn.execute(self._sql.purge, cutoff, _PURGE_BATCH)
             return int(status.rsplit(" ", 1)[-1])
 
-        # short transactions: live appends never wait on the whole purge
-        total = 0
-        while True:
-            n = await self._run("purge_older_than", fn)
-            total += n
-            if progress is not None and n:
-                progress(total)
-            if n < _PURGE_BATCH:
-                return total
+        return await purge_in_batches(
+            lambda: self._run("purge_older_than", fn), _PURGE_BATCH, progress
+        )
 
     # -- summary and facts --------------------------------------------------------------
     async def save_summary(self, summary: Summary) -> None:

@@ -52,6 +52,7 @@ from .base import (
     check_limit,
     from_micros,
     purge_cutoff,
+    purge_in_batches,
     storable,
     storable_turn_texts,
     to_micros,
@@ -398,15 +399,9 @@ class SqliteStore(HistoryStore):
                 ).rowcount
             )
 
-        # small transactions: a live call's append waits for one batch, not the purge
-        total = 0
-        while True:
-            n = await self._write("purge_older_than", body)
-            total += n
-            if progress is not None and n:
-                progress(total)
-            if n < _PURGE_BATCH:
-                return total
+        return await purge_in_batches(
+            lambda: self._write("purge_older_than", body), _PURGE_BATCH, progress
+        )
 
     # -- summary and facts --------------------------------------------------------------
     async def save_summary(self, summary: Summary) -> None:
