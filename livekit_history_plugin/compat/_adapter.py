@@ -52,8 +52,8 @@ _FINISHED_KEPT = 4
 _MAX_REPLANS = 3
 
 
-# caller audio held while the history replays: 100 ms frames, 30 s at most
-_MAX_HELD_FRAMES = 300
+# caller audio held while the history replays, at most; older frames go first
+_MAX_HELD_SECONDS = 30.0
 
 
 class ReplayOptions(BaseModel):
@@ -110,6 +110,7 @@ class SessionAdapter:
         self.audio_gate = AudioGateStats()
         self._reasserted = False
         self._held: collections.deque[Any] | None = None
+        self._held_seconds = 0.0
         self._gate_closed_at = time.monotonic()
 
     # -- per-path facts (override) ---------------------------------------------
@@ -126,9 +127,7 @@ class SessionAdapter:
         self._orig_ack = getattr(s, self.ACK_HANDLER)
         self._orig_deleted = getattr(s, self.DELETE_HANDLER)
         self._orig_error = getattr(s, self.ERROR_HANDLER)
-        self._orig_events = s._create_update_chat_ctx_events
         self._orig_truncate = s.truncate
-        self._native_update = s.update_chat_ctx
         setattr(s, self.ACK_HANDLER, self._on_ack)
         setattr(s, self.DELETE_HANDLER, self._on_deleted)
         setattr(s, self.ERROR_HANDLER, self._on_error)
@@ -144,6 +143,7 @@ class SessionAdapter:
     def _close_audio_gate(self, timeout: float) -> None:
         self._gate_closed_at = time.monotonic()
         self._held = collections.deque()
+        self._held_seconds = 0.0
         self._orig_push_audio = self.session.push_audio
         self.session.push_audio = self._push_audio
         loop = asyncio.get_running_loop()
@@ -154,11 +154,12 @@ class SessionAdapter:
         if held is None:
             self._orig_push_audio(frame)
             return
-        if len(held) >= _MAX_HELD_FRAMES:
-            held.popleft()
-            self.audio_gate.frames_dropped += 1
         held.append(frame)
         self.audio_gate.frames_held += 1
+        self._held_seconds += _duration(frame)
+        while self._held_seconds > _MAX_HELD_SECONDS and len(held) > 1:
+            self._held_seconds -= _duration(held.popleft())
+            self.audio_gate.frames_dropped += 1
 
     def _open_audio_gate(self, reason: str) -> None:
         held, self._held = self._held, None
@@ -394,6 +395,11 @@ class SessionAdapter:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("background chat context replay failed", exc_info=task.exception())
+
+
+def _duration(frame: Any) -> float:
+    rate = getattr(frame, "sample_rate", 0) or 0
+    return float(getattr(frame, "samples_per_channel", 0)) / rate if rate else 0.0
 
 
 def _error_dict(err: Any) -> dict[str, Any]:

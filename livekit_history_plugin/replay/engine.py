@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal
 
 ROOT = "root"
 
-ItemAckType = Literal["conversation.item.created", "conversation.item.added"]
 _CREATE_ACKS = frozenset({"conversation.item.created", "conversation.item.added"})
 
 # Codes the server uses for a problem with the item a request carried; an
@@ -41,7 +40,6 @@ _QUOTED_ID = re.compile(r"'([^'\s]{1,200})'")
 DUPLICATE_ID = "item_create_duplicate_item_id"
 INVALID_PREVIOUS = "item_create_invalid_previous_item_id"
 DELETE_UNKNOWN = "item_delete_invalid_item_id"
-RETRIEVE_UNKNOWN = "item_retrieve_invalid_item_id"
 ACK_TIMEOUT = "ack_timeout"
 TOO_MANY_ATTEMPTS = "too_many_attempts"
 # answers that say "not now" rather than "not this item": tried again later
@@ -345,10 +343,6 @@ class ReplayEngine:
     def owns_item(self, item_id: str) -> bool:
         return item_id in self._creates
 
-    def planned_item(self, item_id: str) -> Mapping[str, Any] | None:
-        c = self._creates.get(item_id)
-        return c.op.item if c else None
-
     # -- acknowledgements ------------------------------------------------------
 
     def _on_created(self, event: Mapping[str, Any]) -> Reaction:
@@ -647,8 +641,3 @@ def _looks_item_related(code: str, param: str | None) -> bool:
     if code.startswith(_ITEM_ERROR_PREFIXES):
         return True
     return bool(param) and str(param).startswith(_ITEM_PARAM_PREFIX)
-
-
-def plan_creates(items: Iterable[tuple[str | None, Mapping[str, Any]]]) -> list[CreateOp]:
-    """Build create ops from (desired predecessor id, wire item) pairs."""
-    return [CreateOp(item=item, after=after) for after, item in items]
