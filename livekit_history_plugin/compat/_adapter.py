@@ -135,6 +135,7 @@ class SessionAdapter:
         s.truncate = self._truncate
         s.update_chat_ctx = self.update_chat_ctx
         s.on("session_reconnected", self._on_reconnected)
+        self._mirror_seen = self.mirror
         if self.options.audio_gate_timeout is not None:
             self._close_audio_gate(self.options.audio_gate_timeout)
 
@@ -356,11 +357,13 @@ class SessionAdapter:
     def _intercept_events(self, chat_ctx: llm.ChatContext) -> list[Any]:
         """Called by livekit's reconnect and text-truncate paths; answers with no
         events and runs the safe replay instead."""
-        if self._in_truncate:
+        if self._in_truncate or self.mirror is self._mirror_seen:
+            # truncate, or a caller we do not know of: same safe path, now
             self._spawn(self.update_chat_ctx(chat_ctx))
         else:
-            # the reconnect path resets the mirror and sends what we return
-            # straight to the new socket; replay once it is up instead
+            # the reconnect path swaps in a fresh mirror and sends what we
+            # return straight to the new socket; replay once it is up instead
+            self._mirror_seen = self.mirror
             self._reconnect_ctx = chat_ctx
         return []
 

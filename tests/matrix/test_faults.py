@@ -285,3 +285,20 @@ async def test_wrapping_again_replaces_options_for_new_sessions(
         assert adapter is not None and adapter.options == gated
     finally:
         await session.aclose()
+
+
+async def test_other_internal_callers_of_the_event_builder_go_the_safe_way(
+    path: Any, emulator: RealtimeEmulator
+) -> None:
+    """Any livekit code that builds chat-ctx events itself (not reconnect, not
+    truncate) gets no raw events back; the same context is replayed safely."""
+    model = wrap_realtime_model(path.build(emulator), options=FAST)
+    session = model.session()
+    await emulator.wait_for_session()
+    try:
+        events = session._create_update_chat_ctx_events(llm.ChatContext(messages(IDS)))
+        assert events == []
+        await emulator.wait_until(lambda: server_ids(emulator) == IDS, 3)
+        await emulator.wait_until(lambda: mirror_ids(session) == IDS, 3)
+    finally:
+        await session.aclose()
