@@ -9,8 +9,10 @@ if ! command -v uv >/dev/null 2>&1; then
   "$PY" -m pip install --quiet uv >&2
   export PATH="$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$HOME/.local/bin:$PATH"
 fi
-export UV_PYTHON="$PY"
+# the interpreter matrix venvs are built from (not UV_PYTHON: uv pip would
+# then install into that interpreter instead of the venv)
+export LHP_PYTHON="$PY"
 if [ ! -x .venv/bin/python ]; then
   uv venv --quiet -p "$PY" .venv >&2
 fi
-VIRTUAL_ENV="$ROOT/.venv" uv pip install --quiet -e ".[dev]" >&2
+uv pip install --quiet --python "$ROOT/.venv/bin/python" -e ".[dev]" >&2

@@ -20,9 +20,9 @@ if ! ready; then
     tmp="$cache/.build-$ver-$$"
     rm -rf "$tmp"
     # relocatable: the venv is built aside and renamed into place
-    uv venv -q --relocatable -p "${UV_PYTHON:-$(command -v python3.11 || command -v python3)}" "$tmp" >&2
+    uv venv -q --relocatable -p "${LHP_PYTHON:-$(command -v python3.11 || command -v python3)}" "$tmp" >&2
     # releases up to 1.5.x import httpx without declaring it
-    VIRTUAL_ENV="$tmp" uv pip install -q -e "$root[dev]" \
+    uv pip install -q --python "$tmp/bin/python" -e "$root[dev]" \
       "livekit-agents==$ver" "livekit-plugins-openai==$ver" httpx >&2
     echo "$want" > "$tmp/.lhp-stamp"
     rm -rf "$venv"

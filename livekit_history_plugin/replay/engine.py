@@ -341,7 +341,9 @@ class ReplayEngine:
         return out
 
     def owns_item(self, item_id: str) -> bool:
-        return item_id in self._creates
+        # deletes count too: an item the server or livekit created (a tool call, its
+        # output) is deleted by us, and its `deleted` ack must reach this engine
+        return item_id in self._creates or item_id in self._deletes
 
     # -- acknowledgements ------------------------------------------------------
 

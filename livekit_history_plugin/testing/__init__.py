@@ -15,12 +15,14 @@ from ._faults import AckMatch, FaultConfig, ItemMatch, RejectRule, item_text
 from .emulator import (
     ConversationView,
     EmulatorSession,
+    FunctionCallReply,
     RealtimeEmulator,
     ReceivedEvent,
     ResponseRecord,
     SdkValidationFailure,
     SentEvent,
     default_reply,
+    reply_with_tool,
 )
 from .validate import (
     Dialect,
@@ -38,6 +40,7 @@ __all__ = [
     "Dialect",
     "EmulatorSession",
     "FaultConfig",
+    "FunctionCallReply",
     "ItemMatch",
     "ProviderError",
     "RealtimeEmulator",
@@ -50,6 +53,7 @@ __all__ = [
     "item_text",
     "provider_event_error",
     "provider_item_error",
+    "reply_with_tool",
     "sdk_event_error",
     "validate_client_event",
     "validate_server_event",

@@ -49,15 +49,18 @@ from .validate import (
 __all__ = [
     "ConversationView",
     "EmulatorSession",
+    "FunctionCallReply",
     "RealtimeEmulator",
     "ReceivedEvent",
     "ResponseRecord",
     "SdkValidationFailure",
     "SentEvent",
     "default_reply",
+    "reply_with_tool",
 ]
 
-ReplyFn = Callable[["ConversationView"], str]
+ReplyFn = Callable[["ConversationView"], "str | FunctionCallReply"]
+"""A scripted model: the conversation it sees -> a text reply or a tool call."""
 ModelKind = Literal["azure", "azure-ga", "openai", "openai-beta"]
 
 SAMPLE_RATE = 24000
@@ -211,6 +214,31 @@ class ConversationView:
         return [(str(m.get("role")), self.text_of(m)) for m in self.messages()]
 
 
+@dataclass(frozen=True)
+class FunctionCallReply:
+    """A reply that makes the model call a tool instead of answering with text.
+
+    ``arguments`` is a dict (JSON-encoded on the wire) or the JSON text itself;
+    ``call_id`` defaults to a fresh ``call_...`` id.
+    """
+
+    name: str
+    arguments: dict[str, Any] | str = field(default_factory=dict)
+    call_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError("FunctionCallReply.name must be a non-empty string")
+        if not isinstance(self.arguments, (dict, str)):
+            raise TypeError("FunctionCallReply.arguments must be a dict or a JSON string")
+
+    def arguments_json(self) -> str:
+        """The arguments as the JSON text the API streams."""
+        if isinstance(self.arguments, str):
+            return self.arguments
+        return json.dumps(self.arguments)
+
+
 def default_reply(view: ConversationView) -> str:
     """Summarize what the model saw, so tests can assert history reached the server."""
     last = view.last_user_text
@@ -218,6 +246,38 @@ def default_reply(view: ConversationView) -> str:
         f"I see {len(view.messages())} earlier messages. "
         f"Last user message: {last if last is not None else '<none>'}"
     )
+
+
+def _called_since_last_user(view: ConversationView, name: str) -> bool:
+    """Whether ``name`` was already called after the last user message."""
+    for item in reversed(view.items):
+        if item.get("type") == "message" and item.get("role") == "user":
+            return False
+        if item.get("type") == "function_call" and item.get("name") == name:
+            return True
+    return False
+
+
+def reply_with_tool(
+    name: str,
+    when: Callable[[ConversationView], bool],
+    *,
+    arguments: dict[str, Any] | str | Callable[[ConversationView], dict[str, Any] | str] = "{}",
+    otherwise: ReplyFn = default_reply,
+) -> ReplyFn:
+    """A reply function calling tool ``name`` when ``when(view)`` holds, else ``otherwise``.
+
+    The tool is called at most once per user turn: the response livekit requests after
+    sending the tool's output gets ``otherwise``'s reply, not a second call.
+    """
+
+    def reply(view: ConversationView) -> str | FunctionCallReply:
+        if when(view) and not _called_since_last_user(view, name):
+            args = arguments(view) if callable(arguments) else arguments
+            return FunctionCallReply(name, args)
+        return otherwise(view)
+
+    return reply
 
 
 @dataclass
@@ -238,6 +298,8 @@ class ResponseRecord:
     out_of_band: bool
     created_at: float
     status: str = "in_progress"
+    function_call: FunctionCallReply | None = None
+    """The tool call the response made (its ``text`` is then empty)."""
 
 
 @dataclass(order=True)
@@ -871,11 +933,20 @@ class EmulatorSession:
             response=params,
         )
         failed = False
+        text, call = "", None
         try:
-            text = self.emulator.reply(view)
+            answer = self.emulator.reply(view)
+            if isinstance(answer, FunctionCallReply):
+                call = answer
+            elif isinstance(answer, str):
+                text = answer
+            else:
+                raise TypeError(
+                    f"reply must return str or FunctionCallReply, not {type(answer).__name__}"
+                )
         except Exception:
             logger.exception("realtime emulator reply function failed")
-            text, failed = "", True
+            failed = True
         raw_id = event.get("event_id")
         record = ResponseRecord(
             id=_new_id("resp_"),
@@ -889,6 +960,7 @@ class EmulatorSession:
             item_id=_new_id("item_"),
             out_of_band=out_of_band,
             created_at=loop.time(),
+            function_call=call,
         )
         self.responses.append(record)
         response_obj = self._response_object(record, params, "in_progress")
@@ -933,6 +1005,8 @@ class EmulatorSession:
     def _response_events(
         self, record: ResponseRecord, params: Mapping[str, Any]
     ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        if record.function_call is not None:
+            return self._function_call_events(record, params, record.function_call)
         beta = self.dialect == "beta"
         rid, iid = record.id, record.item_id
         where = {"response_id": rid, "item_id": iid, "output_index": 0, "content_index": 0}
@@ -993,6 +1067,76 @@ class EmulatorSession:
                 events.append({"type": f"{text_prefix}.delta", **where, "delta": chunk})
             events.append({"type": f"{text_prefix}.done", **where, "text": text})
         events.append({"type": "response.content_part.done", **where, "part": part_done})
+        events.append(
+            {
+                "type": "response.output_item.done",
+                "response_id": rid,
+                "output_index": 0,
+                "item": done_item,
+            }
+        )
+        if not record.out_of_band and not beta:
+            events.append(
+                {"type": "conversation.item.done", "previous_item_id": before, "item": done_item}
+            )
+        final = self._response_object(record, params, "completed")
+        final["output"] = [done_item]
+        final["usage"] = _usage(record)
+        events.append({"type": "response.done", "response": final})
+        return events, (None if record.out_of_band else done_item)
+
+    def _function_call_events(
+        self, record: ResponseRecord, params: Mapping[str, Any], call: FunctionCallReply
+    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """What the API streams for a tool call: the item, its arguments, the done events.
+
+        Same shape in both dialects but for the item ack (``conversation.item.created`` in
+        beta; ``.added`` + ``.done`` in ga) and ``name`` on ``arguments.done`` (ga only).
+        """
+        beta = self.dialect == "beta"
+        rid, iid = record.id, record.item_id
+        call_id = call.call_id or _new_id("call_")[:21]
+        arguments = call.arguments_json()
+        in_progress: dict[str, Any] = {
+            "id": iid,
+            "object": "realtime.item",
+            "type": "function_call",
+            "status": "in_progress",
+            "name": call.name,
+            "call_id": call_id,
+            "arguments": "",
+        }
+        done_item = {**in_progress, "status": "completed", "arguments": arguments}
+        where = {"response_id": rid, "item_id": iid, "output_index": 0, "call_id": call_id}
+        events: list[dict[str, Any]] = [
+            {
+                "type": "response.output_item.added",
+                "response_id": rid,
+                "output_index": 0,
+                "item": in_progress,
+            }
+        ]
+        before = self._order[-1] if self._order else None
+        if not record.out_of_band:
+            events.append(
+                {
+                    "type": "conversation.item.created" if beta else "conversation.item.added",
+                    "previous_item_id": before,
+                    "item": in_progress,
+                }
+            )
+        for chunk in _chunks(arguments):
+            events.append(
+                {"type": "response.function_call_arguments.delta", **where, "delta": chunk}
+            )
+        args_done: dict[str, Any] = {
+            "type": "response.function_call_arguments.done",
+            **where,
+            "arguments": arguments,
+        }
+        if not beta:
+            args_done["name"] = call.name
+        events.append(args_done)
         events.append(
             {
                 "type": "response.output_item.done",
@@ -1094,7 +1238,8 @@ def _chunks(text: str, parts: int = 4) -> list[str]:
 
 def _usage(record: ResponseRecord, *, output: bool = True) -> dict[str, Any]:
     input_tokens = sum(len(ConversationView.text_of(i)) // 4 + 1 for i in record.conversation)
-    out_tokens = len(record.text) // 4 + 1 if output else 0
+    produced = record.function_call.arguments_json() if record.function_call else record.text
+    out_tokens = len(produced) // 4 + 1 if output else 0
     audio_tokens = out_tokens if record.audio else 0
     return {
         "total_tokens": input_tokens + out_tokens,
@@ -1209,8 +1354,9 @@ class RealtimeEmulator:
     ``emu.azure_kwargs()``, or build the model with :meth:`realtime_model`.
 
     Args:
-        reply: text of every scripted reply, from the conversation the model sees;
-            defaults to :func:`default_reply`.
+        reply: every scripted reply, from the conversation the model sees: its text, or
+            a :class:`FunctionCallReply` to make the model call a tool (see
+            :func:`reply_with_tool`); defaults to :func:`default_reply`.
         faults: the fault knobs (``emu.faults`` can be changed at any time).
         strict_session: also reject ``session.update`` / ``response.create`` events
             the SDK models do not accept (by default they are only recorded, since
