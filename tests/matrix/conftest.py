@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-
 from livekit.agents import __version__ as LIVEKIT_VERSION
 from livekit.plugins import openai as lk_openai
+
 from livekit_history_plugin.testing import RealtimeEmulator
 
 API_VERSION = "2024-10-01-preview"

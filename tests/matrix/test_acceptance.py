@@ -14,13 +14,11 @@ import time
 from typing import Any
 
 import pytest
-
 from livekit.agents import llm
+
 from livekit_history_plugin import wrap_realtime_model
 from livekit_history_plugin.compat import adapter_of
 from livekit_history_plugin.testing import RealtimeEmulator, RejectRule, validate_client_event
-
-
 
 REJECT_MARKER = "REJECT-ME"
 pytestmark = pytest.mark.matrix
@@ -154,8 +152,13 @@ async def test_wrapped_update_is_incremental(path: Any, emulator: RealtimeEmulat
         server = _server_ids(emulator)
         new_events = emulator.last_session.received[sent_before:]
         mirror = _mirror_ids(session)
+        adapter = adapter_of(session)
+        assert adapter is not None
+        result = adapter.last_result
     finally:
         await session.aclose()
+    # the delete's ack was matched (not settled by the ack timeout)
+    assert result is not None and result.deleted == [removed.id] and not result.delete_failed
     assert removed.id not in server
     assert server == [item.id for item in ctx2.items]
     assert mirror == server

@@ -11,9 +11,9 @@ import time
 from typing import Any
 
 import pytest
-
 from livekit import rtc
 from livekit.agents import llm
+
 from livekit_history_plugin import ReplayOptions, wrap_realtime_model
 from livekit_history_plugin.compat import adapter_of
 from livekit_history_plugin.testing import RealtimeEmulator, RejectRule

@@ -14,8 +14,8 @@ import time
 from typing import Any
 
 import pytest
-
 from livekit.agents import Agent, AgentSession
+
 from livekit_history_plugin import wrap_realtime_model
 from livekit_history_plugin.testing import RealtimeEmulator
 

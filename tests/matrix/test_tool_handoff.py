@@ -15,8 +15,8 @@ import time
 from typing import Any
 
 import pytest
-
 from livekit.agents import Agent, AgentSession, RunContext, function_tool
+
 from livekit_history_plugin import wrap_realtime_model
 from livekit_history_plugin.testing import ConversationView, RealtimeEmulator, reply_with_tool
 
