@@ -9,11 +9,9 @@ or `python examples/voice_agent.py demo`.
 
 The agents are the example's: a `Greeter` that hands off to a `Specialist`
 (returning it from its `transfer_to_specialist` tool), both with the
-`remember_preference` tool that stores a durable fact. The emulator only
-answers with text - it never calls a tool - so the demo does what the model's
-tool calls would: it runs `Greeter.handoff()` (the body of
-`transfer_to_specialist`) and `save_preference()` (the body of
-`remember_preference`).
+`remember_preference` tool that stores a durable fact. The emulator's scripted
+"model" calls those real tools (`reply_with_tool`), so the handoff and the
+fact go through livekit's own tool execution, as with a real realtime model.
 """
 
 from __future__ import annotations
@@ -43,6 +41,7 @@ from .history.tokens import message_tokens
 
 if TYPE_CHECKING:
     from .testing import ConversationView, EmulatorSession, RealtimeEmulator
+    from .testing.emulator import ReplyFn
 
 __all__ = [
     "GREETER_INSTRUCTIONS",
@@ -213,10 +212,10 @@ def _facts_in(instructions: str | None) -> list[str]:
     return [f"{json.loads(k)} = {json.loads(v)}" for k, v in _FACT_LINE.findall(block)]
 
 
-def _demo_reply(seen: _Seen) -> Callable[[ConversationView], str]:
+def _demo_reply(seen: _Seen) -> ReplyFn:
     """The emulator's default reply (what the model saw), plus what it knows from
     earlier calls: the replayed history and the facts in its instructions."""
-    from .testing import default_reply
+    from .testing import default_reply, reply_with_tool
 
     def reply(view: ConversationView) -> str:
         text = default_reply(view)
@@ -227,7 +226,19 @@ def _demo_reply(seen: _Seen) -> Callable[[ConversationView], str]:
             known.append("facts in my instructions: " + ", ".join(facts))
         return f"{text} (From earlier calls: {'; '.join(known)})" if known else text
 
-    return reply
+    # the "model" calls the agents' real tools, as a realtime model would
+    key, preference = PREFERENCE
+    remembering = reply_with_tool(
+        "remember_preference",
+        lambda view: view.last_user_text == CALL_1_SECOND,
+        arguments={"key": key, "preference": preference},
+        otherwise=reply,
+    )
+    return reply_with_tool(
+        "transfer_to_specialist",
+        lambda view: view.last_user_text == CALL_1_FIRST,
+        otherwise=remembering,
+    )
 
 
 # -- running the demo ---------------------------------------------------------------------------
@@ -265,9 +276,14 @@ class _Transcript:
         self.session = session
         self.messages: list[tuple[str, str, str]] = []  # (role, agent, text)
         self.changed = asyncio.Event()
+        # from livekit 1.5 handoff items mark the switch exactly; a reply the old
+        # agent commits after its tool handed off is still the old agent's
+        self._handed_to: str | None = None
         session.on("conversation_item_added", self._on_item)
 
     def _agent(self) -> str:
+        if self._handed_to is not None:
+            return self._handed_to
         try:
             return type(self.session.current_agent).__name__.lower()
         except RuntimeError:
@@ -277,6 +293,7 @@ class _Transcript:
         item = ev.item
         if getattr(item, "type", None) == "agent_handoff":
             old, new = getattr(item, "old_agent_id", None), getattr(item, "new_agent_id", None)
+            self._handed_to = str(new) if new else None
             if old:  # the session's first agent is announced as a handoff from nobody
                 self.console.print(f"   [dim]… handoff {escape(old)} → {escape(str(new))}[/dim]")
             return
@@ -454,14 +471,16 @@ async def _history_on_server(
 
 
 async def _call_1(call: _Call) -> None:
+    # the model calls transfer_to_specialist: a real tool call and handoff
     await call.session.run(user_input=CALL_1_FIRST)
-    # the model would call transfer_to_specialist here: do what that tool does
-    call.session.update_agent(call.greeter.handoff(call.state))
     await call.transcript.wait_for_reply_of("specialist")
+    # ... then remember_preference, which stores a durable fact
     await call.session.run(user_input=CALL_1_SECOND)
-    # ... and remember_preference
-    saved = await save_preference(call.state, *PREFERENCE)
-    call.console.print(f"   [magenta]tool remember_preference[/magenta] → {escape(saved)}")
+    for fact in await call.state.history.facts(call.state.user_id):
+        call.console.print(
+            f"   [magenta]tool remember_preference[/magenta] → saved for every later call: "
+            f"{escape(fact.key)} = {escape(fact.text)}"
+        )
 
 
 async def _call_2(call: _Call) -> None:
