@@ -125,3 +125,38 @@ def test_disk_full_raises_store_error_and_keeps_committed_rows(tmp_path: Path) -
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert db.execute("SELECT count(*) FROM turns").fetchone()[0] == committed
     db.close()
+
+
+def _open_fresh(path: str, start: float) -> str:
+    import asyncio
+    import time as _time
+
+    from livekit_history_plugin.history.stores import open_store
+
+    async def go() -> None:
+        async with open_store(f"sqlite:///{path}"):
+            pass
+
+    while _time.time() < start:
+        pass
+    try:
+        asyncio.run(go())
+        return "ok"
+    except Exception as e:  # reported to the parent, which asserts on it
+        return f"{type(e).__name__}: {e}"
+
+
+def test_workers_opening_a_fresh_file_together_all_succeed(tmp_path: Path) -> None:
+    """SQLite refuses a concurrent switch into WAL mode with SQLITE_BUSY at once,
+    without its busy handler (about 1 in 15 opens failed here before the retry)."""
+    import multiprocessing
+    import time as _time
+
+    ctx = multiprocessing.get_context("fork")
+    results: list[str] = []
+    with ctx.Pool(4) as pool:
+        for i in range(10):
+            path = str(tmp_path / f"fresh{i}.db")
+            start = _time.time() + 0.2
+            results += pool.starmap(_open_fresh, [(path, start)] * 4)
+    assert results == ["ok"] * 40

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -204,7 +205,7 @@ class SqliteStore(HistoryStore):
 
     def _setup_writer(self, db: sqlite3.Connection) -> None:
         self._setup_common(db)
-        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = _enable_wal(db, self._busy_timeout_ms / 1000)
         if mode.lower() not in ("wal", "memory"):
             raise sqlite3.OperationalError(f"could not enable WAL (journal_mode={mode})")
         db.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
@@ -519,6 +520,23 @@ class SqliteStore(HistoryStore):
 
 class SchemaTooNewError(StoreError):
     """The database was migrated by a newer plugin release."""
+
+
+def _enable_wal(db: sqlite3.Connection, timeout: float) -> str:
+    """Switch to WAL, waiting out other processes doing the same.
+
+    SQLite answers SQLITE_BUSY at once, without the busy handler, when two
+    connections switch a new database's journal mode together (two workers
+    starting on a fresh file); retry for as long as busy_timeout allows.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return str(db.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _migrate(db: sqlite3.Connection) -> None:
