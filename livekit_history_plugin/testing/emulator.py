@@ -1002,6 +1002,55 @@ class EmulatorSession:
             }
         return obj
 
+    def _output_item_opening(
+        self, record: ResponseRecord, in_progress: dict[str, Any], before: str | None
+    ) -> list[dict[str, Any]]:
+        """`response.output_item.added`, then the item's ack unless out of band."""
+        events: list[dict[str, Any]] = [
+            {
+                "type": "response.output_item.added",
+                "response_id": record.id,
+                "output_index": 0,
+                "item": in_progress,
+            }
+        ]
+        if not record.out_of_band:
+            beta = self.dialect == "beta"
+            events.append(
+                {
+                    "type": "conversation.item.created" if beta else "conversation.item.added",
+                    "previous_item_id": before,
+                    "item": in_progress,
+                }
+            )
+        return events
+
+    def _output_item_closing(
+        self,
+        record: ResponseRecord,
+        params: Mapping[str, Any],
+        done_item: dict[str, Any],
+        before: str | None,
+    ) -> list[dict[str, Any]]:
+        """`response.output_item.done`, ga's `conversation.item.done`, `response.done`."""
+        events: list[dict[str, Any]] = [
+            {
+                "type": "response.output_item.done",
+                "response_id": record.id,
+                "output_index": 0,
+                "item": done_item,
+            }
+        ]
+        if not record.out_of_band and self.dialect != "beta":
+            events.append(
+                {"type": "conversation.item.done", "previous_item_id": before, "item": done_item}
+            )
+        final = self._response_object(record, params, "completed")
+        final["output"] = [done_item]
+        final["usage"] = _usage(record)
+        events.append({"type": "response.done", "response": final})
+        return events
+
     def _response_events(
         self, record: ResponseRecord, params: Mapping[str, Any]
     ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
@@ -1029,23 +1078,8 @@ class EmulatorSession:
             part_done = {"type": "text", "text": text}
         done_item = {**in_progress, "status": "completed", "content": [final_part]}
 
-        events: list[dict[str, Any]] = [
-            {
-                "type": "response.output_item.added",
-                "response_id": rid,
-                "output_index": 0,
-                "item": in_progress,
-            }
-        ]
         before = self._order[-1] if self._order else None
-        if not record.out_of_band:
-            events.append(
-                {
-                    "type": "conversation.item.created" if beta else "conversation.item.added",
-                    "previous_item_id": before,
-                    "item": in_progress,
-                }
-            )
+        events = self._output_item_opening(record, in_progress, before)
         events.append({"type": "response.content_part.added", **where, "part": part_added})
         if record.audio:
             transcript_delta = (
@@ -1067,22 +1101,7 @@ class EmulatorSession:
                 events.append({"type": f"{text_prefix}.delta", **where, "delta": chunk})
             events.append({"type": f"{text_prefix}.done", **where, "text": text})
         events.append({"type": "response.content_part.done", **where, "part": part_done})
-        events.append(
-            {
-                "type": "response.output_item.done",
-                "response_id": rid,
-                "output_index": 0,
-                "item": done_item,
-            }
-        )
-        if not record.out_of_band and not beta:
-            events.append(
-                {"type": "conversation.item.done", "previous_item_id": before, "item": done_item}
-            )
-        final = self._response_object(record, params, "completed")
-        final["output"] = [done_item]
-        final["usage"] = _usage(record)
-        events.append({"type": "response.done", "response": final})
+        events.extend(self._output_item_closing(record, params, done_item, before))
         return events, (None if record.out_of_band else done_item)
 
     def _function_call_events(
@@ -1108,23 +1127,8 @@ class EmulatorSession:
         }
         done_item = {**in_progress, "status": "completed", "arguments": arguments}
         where = {"response_id": rid, "item_id": iid, "output_index": 0, "call_id": call_id}
-        events: list[dict[str, Any]] = [
-            {
-                "type": "response.output_item.added",
-                "response_id": rid,
-                "output_index": 0,
-                "item": in_progress,
-            }
-        ]
         before = self._order[-1] if self._order else None
-        if not record.out_of_band:
-            events.append(
-                {
-                    "type": "conversation.item.created" if beta else "conversation.item.added",
-                    "previous_item_id": before,
-                    "item": in_progress,
-                }
-            )
+        events = self._output_item_opening(record, in_progress, before)
         for chunk in _chunks(arguments):
             events.append(
                 {"type": "response.function_call_arguments.delta", **where, "delta": chunk}
@@ -1137,22 +1141,7 @@ class EmulatorSession:
         if not beta:
             args_done["name"] = call.name
         events.append(args_done)
-        events.append(
-            {
-                "type": "response.output_item.done",
-                "response_id": rid,
-                "output_index": 0,
-                "item": done_item,
-            }
-        )
-        if not record.out_of_band and not beta:
-            events.append(
-                {"type": "conversation.item.done", "previous_item_id": before, "item": done_item}
-            )
-        final = self._response_object(record, params, "completed")
-        final["output"] = [done_item]
-        final["usage"] = _usage(record)
-        events.append({"type": "response.done", "response": final})
+        events.extend(self._output_item_closing(record, params, done_item, before))
         return events, (None if record.out_of_band else done_item)
 
     def _complete(self, held: _HeldResponse) -> None:
