@@ -866,6 +866,8 @@ async def build_preview(store: HistoryStore, request: PreviewRequest) -> Preview
             instructions=request.instructions,
             tools_json=request.tools_json,
             model=request.model,
+            # the summary the next call replays once its post-call job has run
+            summarize_now=True,
         )
     if view.error is not None:  # load() carries on without history; a preview must not
         raise view.error

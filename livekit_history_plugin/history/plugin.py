@@ -7,12 +7,15 @@
     await session.start(Agent(instructions=loaded.instructions, chat_ctx=loaded.chat_ctx), ...)
 
 `load` reads the caller's durable facts, stored summary and latest turns,
-fits them to the token budget of the model, summarizes only the turns that
-aged out of the verbatim window since the last summary (and stores the new
-summary), and renders everything in the configured replay mode - stored text
-always quoted as data (see `render`). `attach` wraps the session's realtime
-model for the safe chat-context replay (holding caller audio until the
-history is acknowledged) and records the call's turns (see `recorder`).
+fits them to the token budget of the model and renders everything in the
+configured replay mode - stored text always quoted as data (see `render`). It
+never waits for a summarizer: summaries are brought up to date after a call
+(see `jobs`), and a call that starts before that is done replays the last
+stored summary plus the verbatim turns and says so (`summary_stale`). `attach`
+wraps the session's realtime model for the safe chat-context replay (holding
+caller audio until the history is acknowledged), records the call's turns
+(see `recorder`) and, once they are written, runs the post-call jobs
+(`HistoryPlugin.jobs`: the summary first).
 """
 
 from __future__ import annotations
@@ -37,22 +40,21 @@ from .budget import (
     load_selection,
     select_history,
 )
+from .jobs import PostCallContext, PostCallJobs, SummaryStep
 from .models import Fact, Role, Summary, Turn
 from .recorder import DEFAULT_MAX_TURN_CHARS, DEFAULT_REORDER_WINDOW, Recorder
 from .render import DEFAULT_REPLAY_MODE, base_instructions, render_history
 from .stores import DEFAULT_URL, ENV_VAR, open_store
 from .stores.base import HistoryStore, StoreError
 from .summarize import DEFAULT_SUMMARY_TOKENS, ExtractiveSummarizer, LLMSummarizer, Summarizer
-from .tokens import get_encoding
+from .tokens import wait_ready, warm_up_in_background
 
 __all__ = ["HistoryConfig", "HistoryPlugin", "LoadedHistory", "watch_sessions"]
 
-# a summary update may shift the verbatim window again (the summary grew):
-# summarize at most this many times per load, the rest waits for the next call
-_MAX_SUMMARY_ROUNDS = 3
 _SESSION_WATCHERS = "_lhp_history_session_watchers"
-# first page when reading the not-yet-summarized turns behind the verbatim ones
-_FIRST_BACKLOG_PAGE = 64
+# a catch-up summary job a load schedules starts this much later, so its work
+# does not compete with the starting call (connect, replay, first reply)
+_CATCH_UP_DELAY = 1.0
 
 
 def _default_store_url() -> str:
@@ -82,7 +84,16 @@ class HistoryConfig(BaseModel):
     )
     summary_tokens: int = Field(default=DEFAULT_SUMMARY_TOKENS, ge=16)
     summary_timeout: float = Field(
-        default=10.0, gt=0, description="seconds an LLM summarizer may take per chunk"
+        default=10.0,
+        gt=0,
+        description="seconds an LLM summarizer may take per chunk (after the call; "
+        "longer falls back to extractive)",
+    )
+    post_call_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds each post-call step (the summary, ...) may take; aclose() "
+        "waits at most this long for running ones",
     )
     audio_gate_timeout: float | None = Field(
         default=1.5,
@@ -146,7 +157,17 @@ class LoadedHistory(BaseModel):
     tokens: int = Field(description="exact tokens the replayed history takes")
     budget: int = Field(description="tokens the history was allowed")
     item_ids: list[str] = Field(description="ids of the replayed history items")
-    summarized_turns: int = Field(0, description="turns newly summarized by this load")
+    summarized_turns: int = Field(
+        0, description="turns newly summarized by this load (only with summarize_now=True)"
+    )
+    summary_stale: bool = Field(
+        False,
+        description="stored turns older than the verbatim ones are not in the summary yet: "
+        "this call replays the last stored summary + the verbatim turns",
+    )
+    summary_pending: bool = Field(
+        False, description="a summary job for this caller was queued or running at load"
+    )
 
 
 class HistoryPlugin:
@@ -164,7 +185,19 @@ class HistoryPlugin:
             self.store, self._owns_store = store, False
         else:
             self.store, self._owns_store = open_store(store or self.config.store_url), True
-        self._summarizer = self.config.build_summarizer()
+        cfg = self.config
+        # ~0.3 s once per process, in a thread: ready long before most first calls
+        warm_up_in_background()
+        self._summary = SummaryStep(
+            cfg.build_summarizer(),
+            mode=cfg.mode,
+            cfg=cfg.budget,
+            default_budget=self._default_budget,
+            load_limit=cfg.load_limit,
+        )
+        self.jobs = PostCallJobs(default_timeout=cfg.post_call_timeout)
+        """Steps run for a caller after each call (`jobs.add_step`); "summary" first."""
+        self.jobs.add_step("summary", self._summary)
         self._open_task: asyncio.Future[None] | None = None
         self._recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
         self._closed = False
@@ -197,31 +230,41 @@ class HistoryPlugin:
         instructions: str = "",
         tools_json: str = "",
         model: str = "gpt-realtime",
+        summarize_now: bool = False,
     ) -> LoadedHistory:
         """The caller's history for a new call with `instructions`, `tools_json`
         and the realtime `model` (whose context window sizes the budget).
+
+        Never waits for a summarizer: when older turns are not in the stored
+        summary yet (`summary_stale`), the last stored summary and the verbatim
+        turns are replayed and a summary job is queued unless one is already
+        (`summary_pending`). `summarize_now=True` (offline tools such as the
+        CLI preview, never a call) folds them in first and stores the result.
 
         A store that fails is logged and the call starts without history; it
         never raises for store trouble.
         """
         _check_user_id(user_id)
         cfg = self.config
-        # building the tokenizer takes ~0.3 s once per process: not on the event loop
-        await asyncio.to_thread(get_encoding)
+        # built in a background thread since the plugin was made: wait there, not on the loop
+        await wait_ready()
         facts: list[Fact] = []
-        summary: Summary | None = None
         summarized = 0
+        loaded = False
         try:
             await self.open()
             facts = await self.store.load_facts(user_id)
             budget = compute_history_budget(
                 model, instructions, tools_json, cfg.budget, facts=facts, mode=cfg.mode
             )
-            summary = await self.store.load_summary(user_id)
-            selection = await load_selection(
-                self.store, user_id, budget, mode=cfg.mode, cfg=cfg.budget
-            )
-            backlog = await self._aged_out(user_id, selection, summary)
+            self._summary.remember_budget(user_id, budget)
+            if summarize_now:
+                selection, summarized = await self._summarize_now(user_id, budget)
+            else:
+                selection = await load_selection(
+                    self.store, user_id, budget, mode=cfg.mode, cfg=cfg.budget
+                )
+            loaded = True
         except (StoreError, OSError) as e:
             logger.error(
                 "history of user %r could not be loaded (%s); the call starts without it",
@@ -232,11 +275,15 @@ class HistoryPlugin:
                 model, instructions, tools_json, cfg.budget, facts=facts, mode=cfg.mode
             )
             selection = select_history([], None, budget, mode=cfg.mode, cfg=cfg.budget)
-            backlog = []
-        if backlog:
-            selection, summary, summarized = await self._summarize(
-                selection, summary, backlog, budget
+        # the turns between the summary and the verbatim run are in neither
+        stale = bool(selection.to_summarize)
+        pending = self.jobs.pending(user_id)
+        if stale and loaded and not pending:
+            self.jobs.schedule(
+                PostCallContext(user_id=user_id, store=self.store, reason="load"),
+                delay=_CATCH_UP_DELAY,
             )
+            pending = True
         rendered = render_history(selection, facts, cfg.mode, agent_instructions=instructions)
         agent_instructions = rendered.instructions
         if cfg.mode == "instructions" and not (selection.turns or selection.summary):
@@ -248,6 +295,8 @@ class HistoryPlugin:
                 "user_id": user_id,
                 "turns": len(selection.turns),
                 "summary": selection.summary is not None,
+                "summary_stale": stale,
+                "summary_pending": pending,
                 "facts": len(facts),
                 "tokens": rendered.history_tokens,
                 "budget": budget,
@@ -266,74 +315,30 @@ class HistoryPlugin:
             budget=budget,
             item_ids=list(rendered.item_ids),
             summarized_turns=summarized,
+            summary_stale=stale,
+            summary_pending=pending,
         )
 
-    async def _aged_out(
-        self, user_id: str, selection: HistorySelection, summary: Summary | None
-    ) -> list[Turn]:
-        """Stored turns older than the verbatim ones that the summary does not cover
-        yet, oldest first (at most `config.load_limit`)."""
-        before = selection.turns[0].created_at if selection.turns else None
-        covered = summary.covers_until if summary is not None else None
-        if covered is not None and before is not None and covered >= before:
-            return []
-        limit = min(_FIRST_BACKLOG_PAGE, self.config.load_limit)
-        while True:
-            older = await self.store.load_latest(user_id, limit, before=before)
-            fresh = [t for t in older if covered is None or t.created_at > covered]
-            # pages are newest first: a covered turn means everything older is covered
-            if len(fresh) < len(older) or len(older) < limit:
-                return fresh
-            if limit >= self.config.load_limit:
-                logger.info(
-                    "user %r has more than %d unsummarized older turns; the oldest are "
-                    "left out of the summary",
-                    user_id,
-                    limit,
-                )
-                return fresh
-            limit = min(self.config.load_limit, limit * 4)
-
-    async def _summarize(
-        self,
-        selection: HistorySelection,
-        summary: Summary | None,
-        backlog: list[Turn],
-        budget: int,
-    ) -> tuple[HistorySelection, Summary | None, int]:
-        """Fold the aged-out turns into the summary, re-select, store the summary.
-
-        A bigger summary can push the oldest verbatim turns out of the budget:
-        those are summarized too (a few rounds at most), so no turn falls
-        between the summary and the verbatim run.
-        """
-        cfg = self.config
-        summarized = 0
-        for _ in range(_MAX_SUMMARY_ROUNDS):
-            if not backlog:
-                break
+    async def _summarize_now(self, user_id: str, budget: int) -> tuple[HistorySelection, int]:
+        result = await self._summary.refresh(self.store, user_id, budget, save=False)
+        if result.summarized and result.summary is not None:
             try:
-                summary = await self._summarizer.summarize(backlog, summary)
-            except Exception as e:  # a custom summarizer failing must not fail the call
-                logger.warning(
-                    "history summarizer %s failed (%r); %d older turns stay unsummarized",
-                    type(self._summarizer).__name__,
-                    e,
-                    len(backlog),
-                )
-                break
-            summarized += len(backlog)
-            # only turns already verbatim can stay verbatim: older ones are summarized now
-            selection = select_history(
-                selection.turns, summary, budget, mode=cfg.mode, cfg=cfg.budget
-            )
-            backlog = selection.to_summarize
-        if summarized and summary is not None:
-            try:
-                await self.store.save_summary(summary)
+                await self._summary.save_if_newer(self.store, result.summary)
             except (StoreError, OSError) as e:
-                logger.warning("history summary of %r not saved: %s", summary.user_id, e)
-        return selection, summary, summarized
+                logger.warning("history summary of %r not saved: %s", user_id, e)
+        return result.selection, result.summarized
+
+    def _default_budget(self) -> int:
+        """The budget a post-call job uses for a caller never loaded in this process."""
+        return compute_history_budget(
+            "gpt-realtime", "", "", self.config.budget, mode=self.config.mode
+        )
+
+    async def wait_post_call(
+        self, user_id: str | None = None, timeout: float | None = None
+    ) -> bool:
+        """Wait until the post-call jobs (of `user_id`, or all) are done; False on timeout."""
+        return await self.jobs.wait_idle(user_id, timeout)
 
     # -- recording ----------------------------------------------------------------------
     def attach(
@@ -353,6 +358,7 @@ class HistoryPlugin:
         """
         _check_user_id(user_id)
         cfg = self.config
+        warm_up_in_background()
         if _started(session):
             logger.warning(
                 "HistoryPlugin.attach() called after session.start(): the running realtime "
@@ -379,11 +385,25 @@ class HistoryPlugin:
             open_store=self.open,
         )
         if realtime:
-            recorder.add_close_hook(
-                watch_sessions(model, recorder.watch_realtime_session)
-            )
+            recorder.add_close_hook(watch_sessions(model, recorder.watch_realtime_session))
+        # close hooks run once the recorder's turns are flushed
+        recorder.add_close_hook(functools.partial(self._after_call, recorder))
         self._recorders.add(recorder)
         return recorder
+
+    def _after_call(self, recorder: Recorder) -> None:
+        """Queue the post-call jobs of a call whose turns were just written."""
+        if self._closed:
+            return
+        self.jobs.schedule(
+            PostCallContext(
+                user_id=recorder.user_id,
+                store=self.store,
+                reason="call_closed",
+                conversation_id=recorder.conversation_id,
+                turns=recorder.turns,
+            )
+        )
 
     # -- durable facts -----------------------------------------------------------------
     async def remember(self, user_id: str, key: str, text: str) -> Fact:
@@ -410,11 +430,14 @@ class HistoryPlugin:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def aclose(self) -> None:
-        """Flush and close every attached recorder, then the store if this plugin opened it."""
+        """Flush and close every attached recorder, let the post-call jobs finish
+        (at most `post_call_timeout`; cut ones are redone on the caller's next
+        call), then close the store if this plugin opened it."""
         if self._closed:
             return
         recorders = list(self._recorders)
         await asyncio.gather(*(r.aclose() for r in recorders), return_exceptions=True)
+        await self.jobs.aclose(self.config.post_call_timeout)
         self._closed = True
         if self._owns_store and self._open_task is not None:
             await self.store.close()

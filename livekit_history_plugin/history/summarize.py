@@ -3,7 +3,8 @@
 A summarizer takes the turns that aged out of the verbatim window since the last
 summary (`HistorySelection.to_summarize`) and the previous summary, and returns
 the updated summary; the caller stores it (`HistoryStore.save_summary`), so each
-turn is summarized once, not on every call.
+turn is summarized once, not on every call. `HistoryPlugin` runs it after a
+call (`jobs.SummaryStep`), never while one starts.
 
 - `ExtractiveSummarizer`: no network, deterministic. Keeps the sentences that
   matter on a later call (what the caller said about themselves, preferences,
@@ -206,7 +207,10 @@ class ExtractiveSummarizer:
         fresh = new_turns(turns, previous)
         if not fresh:
             return _updated(previous, fresh, "", self.method)  # previous, or ValueError
-        return _updated(previous, fresh, self.summarize_now(fresh, previous), self.method)
+        # pure CPU (regexes, token counts): in a worker thread, so a post-call job
+        # folding a long backlog never stalls the event loop a live call runs on
+        text = await asyncio.to_thread(self.summarize_now, fresh, previous)
+        return _updated(previous, fresh, text, self.method)
 
     def summarize_now(self, turns: Sequence[Turn], previous: Summary | None) -> str:
         """The updated summary text (synchronous core of `summarize`)."""

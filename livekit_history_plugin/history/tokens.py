@@ -15,6 +15,7 @@ call are tokenized once per process.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import hashlib
@@ -114,6 +115,51 @@ def get_encoding() -> tiktoken.Encoding:
 def warm_up() -> None:
     """Build the encoding now (e.g. in the agent's prewarm) instead of on the first call."""
     get_encoding()
+
+
+_warm_thread: threading.Thread | None = None
+
+
+def warm_up_in_background() -> None:
+    """Start building the encoding in a daemon thread, once per process; returns at once.
+
+    `HistoryPlugin` calls this when it is built, and again on `attach` / `load`,
+    so the ~0.3 s build overlaps the worker's idle time instead of a call's
+    start. A failure (corrupt install) is raised again by the next
+    `get_encoding()` on the path that needs it.
+    """
+    global _warm_thread
+    if _encoding is not None or _warm_thread is not None:
+        return
+    with _encoding_lock:
+        if _encoding is not None or _warm_thread is not None:
+            return
+        _warm_thread = threading.Thread(
+            target=_build_quietly, name="lhp-tokenizer-warm-up", daemon=True
+        )
+        _warm_thread.start()
+
+
+def _build_quietly() -> None:
+    try:
+        get_encoding()
+    except TokenizerDataError:
+        pass  # raised to the caller that needs the encoding
+
+
+def encoding_ready() -> bool:
+    """True once the encoding is built (counting never waits then)."""
+    return _encoding is not None
+
+
+async def wait_ready() -> tiktoken.Encoding:
+    """The encoding, waiting for the background build in a worker thread, so the
+    event loop keeps running meanwhile; at once when it is built."""
+    enc = _encoding
+    if enc is not None:
+        return enc
+    warm_up_in_background()
+    return await asyncio.to_thread(get_encoding)
 
 
 class _CountCache:
