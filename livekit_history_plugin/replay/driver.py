@@ -49,7 +49,8 @@ class ReplayDriver:
         reaction = self.engine.receive(event, self._clock())
         if reaction.outputs:
             self._dispatch(reaction.outputs)
-        if reaction.claimed:
+        if reaction.claimed or reaction.outputs:
+            # new requests mean new deadlines, even for an event livekit keeps too
             self._wake.set()
         return reaction.claimed
 

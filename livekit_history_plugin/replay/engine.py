@@ -32,7 +32,7 @@ ROOT = "root"
 _CREATE_ACKS = frozenset({"conversation.item.created", "conversation.item.added"})
 
 # Codes the server uses for a problem with the item a request carried; an
-# error with one of these and no event_id is matched to our oldest request.
+# error with one of these and no event_id is matched to one of our requests.
 _ITEM_ERROR_PREFIXES = ("item_", "conversation_item")
 _ITEM_PARAM_PREFIX = "item"
 _QUOTED_ID = re.compile(r"'([^'\s]{1,200})'")
@@ -40,13 +40,33 @@ _QUOTED_ID = re.compile(r"'([^'\s]{1,200})'")
 DUPLICATE_ID = "item_create_duplicate_item_id"
 INVALID_PREVIOUS = "item_create_invalid_previous_item_id"
 DELETE_UNKNOWN = "item_delete_invalid_item_id"
+RETRIEVE_UNKNOWN = "item_retrieve_invalid_item_id"
+# a function_call_output whose call the server does not have; real servers send it
+# with `param` and `event_id` null (livekit/agents#3344)
+INVALID_TOOL_CALL = "invalid_tool_call_id"
 ACK_TIMEOUT = "ack_timeout"
 TOO_MANY_ATTEMPTS = "too_many_attempts"
-# answers that say "not now" rather than "not this item": tried again later
+SERVER_ERROR = "server_error"
+# answers that say "not now" rather than "not this item": tried again later, once
+# the server said the item is absent
 _RETRYABLE_TYPES = frozenset({"server_error", "rate_limit_error"})
 _RETRYABLE_CODES = frozenset({"server_error", "rate_limit_exceeded"})
 _RETRY_BASE_S = 0.1
 CONNECTION_RESET = "connection_reset"
+
+# Early-beta servers (Oct-Nov 2024) sent errors with `code: null`
+# (run-llama/openai_realtime_client#3, livekit/agents PR #1015); the sentence still
+# names what went wrong, in the wording the coded errors use.
+_CODE_BY_MESSAGE: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"previous item with id '[^']*' does not exist"), INVALID_PREVIOUS),
+    (re.compile(r"an item with id '[^']*' already exists"), DUPLICATE_ID),
+    (re.compile(r"^Error deleting item: "), DELETE_UNKNOWN),
+    (re.compile(r"^Error retrieving item: "), RETRIEVE_UNKNOWN),
+    (re.compile(r"^Tool call ID '[^']*' not found"), INVALID_TOOL_CALL),
+)
+
+RequestKind = Literal["create", "delete", "retrieve", "probe"]
+_ANY_KIND: frozenset[RequestKind] = frozenset({"create", "delete", "retrieve", "probe"})
 
 
 @dataclass(frozen=True)
@@ -150,11 +170,15 @@ class ReplayResult:
     def ok(self) -> bool:
         return not self.rejected and not self.delete_failed
 
+    #: checks of an item whose fate was unknown: retrieves, or (where the server has
+    #: no retrieve) deletes that prove presence or absence before a resend
+    verifications: int = 0
+
 
 class _State(Enum):
     SENT = "sent"  # an attempt is in flight
     PARKED = "parked"  # refused for its anchor; waits until an anchor is certain
-    VERIFYING = "verifying"  # its ack timed out; a retrieve is in flight
+    VERIFYING = "verifying"  # its fate is unknown; a retrieve (or delete probe) is in flight
     CONFIRMED = "confirmed"
     REJECTED = "rejected"
 
@@ -174,8 +198,9 @@ class _Create:
     known_absent: bool = False
     # send number of the attempt refused for its anchor, while PARKED
     refused_seq: int = 0
-    # an error without event_id that was matched to this item by order only;
-    # a retrieve decides whether it really was this item's
+    # an error whose meaning depends on whether the item landed: one matched to
+    # it by order only, or a transient one (the insert may have happened before
+    # it); a verification decides. None while verifying: its ack timed out
     suspect_error: tuple[str, str, str | None] | None = None
     # while PARKED after a transient server error: not sent again before this
     retry_at: float = 0.0
@@ -191,7 +216,7 @@ class _Delete:
 
 @dataclass(frozen=True)
 class _Request:
-    kind: Literal["create", "delete", "retrieve"]
+    kind: RequestKind
     item_id: str
 
 
@@ -217,7 +242,12 @@ class ReplayEngine:
         verify_timeout: float = 1.0,
         max_attempts: int = 8,
         new_event_id: Callable[[str], str] = default_event_id,
+        supports_retrieve: bool = True,
     ) -> None:
+        # Azure's 2024-10-01-preview has no conversation.item.retrieve (its reference
+        # lists nine client events); there an item of unknown fate is checked by
+        # deleting it instead, and sent again if it was there
+        self._retrieve_ok = supports_retrieve
         self._ack_timeout = ack_timeout
         self._verify_timeout = verify_timeout
         self._max_attempts = max_attempts
@@ -286,7 +316,7 @@ class ReplayEngine:
         if etype in _CREATE_ACKS:
             reaction = self._on_created(event)
         elif etype == "conversation.item.deleted":
-            reaction = self._on_deleted(event)
+            reaction = self._on_deleted(event, now)
         elif etype == "conversation.item.retrieved":
             reaction = self._on_retrieved(event)
         elif etype == "error":
@@ -315,9 +345,10 @@ class ReplayEngine:
             if req.kind == "create":
                 # ask the server instead of guessing: a lost ack and a lost
                 # request look the same from here
-                out.append(self._send_retrieve(c, now))
+                c.suspect_error = None
+                out.append(self._verify(c, now))
             else:
-                out.extend(self._reject(c, ACK_TIMEOUT, "no acknowledgement and no retrieve answer"))
+                out.extend(self._reject(c, ACK_TIMEOUT, "no acknowledgement and no answer to its check"))
         out.extend(self._unpark(now))
         return out
 
@@ -353,24 +384,45 @@ class ReplayEngine:
         c = self._creates.get(item_id) if isinstance(item_id, str) else None
         if c is None:
             return NOT_OURS
-        if c.state is _State.CONFIRMED:
-            return Reaction(claimed=True)  # duplicate ack: already counted
+        if c.state is _State.CONFIRMED or self._probing(c):
+            # a duplicate ack (already counted), or a late one while a delete probe
+            # is on its way: the probe's answer decides
+            return Reaction(claimed=True)
         prev = event.get("previous_item_id")
         prev = prev if isinstance(prev, str) and prev != ROOT else None
+        if prev == c.op.item_id:
+            # gpt-realtime-1.5 / gpt-4o-realtime-preview ack a create whose id already
+            # exists with previous_item_id == its own id (steelburn/speaches
+            # realtime_conversation_test.py): the item was there before; the ack
+            # confirms no placement, and no second copy of ours
+            return Reaction(tuple(self._confirm(c, self._placed_after(c), "duplicate")), True)
         out: list[Output] = []
         # the server placed it after `prev`, so `prev` exists even if its own
         # ack was dropped or is still on its way
-        if prev is not None and prev in self._creates:
+        if prev is not None and self._anchor_proves(prev, c):
             out.extend(self._infer_present(self._creates[prev]))
         out.extend(self._confirm(c, prev, "ack"))
         return Reaction(tuple(out), claimed=True)
+
+    def _anchor_proves(self, prev: str, acked: _Create) -> bool:
+        """Whether an ack naming `prev` proves our create of `prev` landed.
+
+        OpenAI can name an item it deleted about 400 ms earlier (livekit/agents
+        PR #6964): an anchor is trusted only for an item this update does not
+        delete, whose current attempt went out before the acked one.
+        """
+        other = self._creates.get(prev)
+        if other is None or prev in self._deletes:
+            return False
+        return other.sent_seq < acked.sent_seq
 
     def _infer_present(self, c: _Create) -> list[Output]:
         if c.state is _State.CONFIRMED:
             return []
         chain: list[_Create] = []
         cur: _Create | None = c
-        while cur is not None and cur.state is not _State.CONFIRMED:
+        # an item being probed is about to be deleted; its probe's answer decides
+        while cur is not None and cur.state is not _State.CONFIRMED and not self._probing(cur):
             chain.append(cur)
             # only an anchored attempt proves its anchor; an append proves nothing
             nxt = _none_if_root(cur.sent_prev) if cur.sent_prev is not None else None
@@ -387,13 +439,14 @@ class ReplayEngine:
             return c.op.after
         return _none_if_root(c.sent_prev)
 
-    def _on_deleted(self, event: Mapping[str, Any]) -> Reaction:
+    def _on_deleted(self, event: Mapping[str, Any], now: float) -> Reaction:
         item_id = event.get("item_id")
         d = self._deletes.get(item_id) if isinstance(item_id, str) else None
-        if d is None:
-            return NOT_OURS
-        if d.done:
-            return Reaction(claimed=True)
+        if d is None or d.done:
+            probed = self._creates.get(item_id) if isinstance(item_id, str) else None
+            if probed is not None and self._probing(probed):
+                return Reaction(tuple(self._probe_found(probed, now)), True)
+            return NOT_OURS if d is None else Reaction(claimed=True)
         self._inflight.pop(d.event_id, None)
         d.done = True
         self.result.deleted.append(d.item_id)
@@ -414,8 +467,8 @@ class ReplayEngine:
         err = event.get("error")
         if not isinstance(err, Mapping):
             return NOT_OURS
-        code = str(err.get("code") or err.get("type") or "error")
         message = str(err.get("message") or "")
+        code = _error_code(err, message)
         param = err.get("param") if isinstance(err.get("param"), str) else None
         event_id = err.get("event_id")
         certain = True
@@ -434,22 +487,22 @@ class ReplayEngine:
             matched_eid, certain = found
             req = self._inflight[matched_eid]
         del self._inflight[matched_eid]
+        # an order-only match of an error that names no item (a `server_error`)
+        # may answer livekit's own request: act on it, but let livekit see it too
+        claimed = certain or _is_item_code(code, param)
         if req.kind == "delete":
-            return Reaction(tuple(self._delete_error(req.item_id, code, message)), True)
+            return Reaction(tuple(self._delete_error(req.item_id, code, message)), claimed)
         c = self._creates[req.item_id]
-        if req.kind == "retrieve":
-            code, message, param = c.suspect_error or (
-                ACK_TIMEOUT, "its ack timed out and the server does not have it", None
-            )
-            return Reaction(tuple(self._reject(c, code, message, param)), True)
-        if not certain and code not in (INVALID_PREVIOUS, DUPLICATE_ID):
-            # matched by order alone: if an earlier ack was lost, this error is
-            # a later item's. Ask the server rather than drop a landed item.
+        if req.kind in ("retrieve", "probe"):
+            return Reaction(tuple(self._verify_error(c, req.kind, code, message, now)), claimed)
+        retryable = err.get("type") in _RETRYABLE_TYPES or code in _RETRYABLE_CODES
+        if retryable or (not certain and code not in (INVALID_PREVIOUS, DUPLICATE_ID)):
+            # Matched by order alone (if an earlier ack was lost, this error is a
+            # later item's), or transient (the insert may have happened before
+            # it): ask the server rather than drop a landed item or send it twice.
             c.suspect_error = (code, message, param)
-            return Reaction((self._send_retrieve(c, now),), True)
-        if err.get("type") in _RETRYABLE_TYPES or code in _RETRYABLE_CODES:
-            return Reaction(tuple(self._retry_later(c, code, message, now)), True)
-        return Reaction(tuple(self._create_error(c, code, message, param, now)), True)
+            return Reaction((self._verify(c, now),), claimed)
+        return Reaction(tuple(self._create_error(c, code, message, param, now)), claimed)
 
     def _match_anonymous_error(
         self, code: str, message: str, param: str | None
@@ -457,21 +510,79 @@ class ReplayEngine:
         """Find which request an error without event_id answers, and whether
         that is certain.
 
-        The server answers in order, so it is the oldest unanswered request —
-        unless an id quoted in the message names another one.
+        Only requests of a kind the error can answer qualify (its code family:
+        create / delete / retrieve errors, or any for a `server_error`). An id
+        quoted in the message makes the match certain; otherwise it is the
+        oldest such request — the server answers in order — to be verified.
         """
-        if not self._inflight or not _looks_item_related(code, param):
+        kinds = _kinds_answered_by(code, param)
+        candidates = [(eid, r) for eid, r in self._inflight.items() if r.kind in kinds]
+        if not candidates:
             return None
+        if code == INVALID_TOOL_CALL:
+            candidates = [(eid, r) for eid, r in candidates if self._is_tool_output(r)]
+            if not candidates:
+                return None
         quoted = set(_QUOTED_ID.findall(message))
-        if quoted:
-            for eid, req in self._inflight.items():
-                c = self._creates.get(req.item_id) if req.kind != "delete" else None
-                chained = c is not None and req.kind == "create" and c.sent_prev in quoted
-                if code == INVALID_PREVIOUS and chained:
+        for eid, req in candidates if quoted else ():
+            c = self._creates.get(req.item_id)
+            if code == INVALID_PREVIOUS:
+                if c is not None and req.kind == "create" and c.sent_prev in quoted:
                     return eid, True
-                if code != INVALID_PREVIOUS and req.item_id in quoted:
+            elif code == INVALID_TOOL_CALL:
+                if c is not None and c.op.item.get("call_id") in quoted:
                     return eid, True
-        return next(iter(self._inflight)), False
+            elif req.item_id in quoted:
+                return eid, True
+        return candidates[0][0], False
+
+    def _probing(self, c: _Create) -> bool:
+        return self._inflight.get(c.event_id) == _Request("probe", c.op.item_id)
+
+    def _is_tool_output(self, req: _Request) -> bool:
+        c = self._creates.get(req.item_id) if req.kind == "create" else None
+        return c is not None and c.op.item.get("type") == "function_call_output"
+
+    # -- verification: is an item of unknown fate on the server? -------------------
+
+    def _verify(self, c: _Create, now: float) -> SendEvent:
+        self.result.verifications += 1
+        if self._retrieve_ok:
+            return self._send_retrieve(c, now)
+        return self._send_probe(c, now)
+
+    def _verify_error(
+        self, c: _Create, kind: RequestKind, code: str, message: str, now: float
+    ) -> list[Output]:
+        """An error answering a retrieve / delete probe of `c`."""
+        if kind == "retrieve" and code != RETRIEVE_UNKNOWN:
+            # the server has no retrieve after all (answered as an unknown event
+            # type): the same check by deleting
+            self._retrieve_ok = False
+            return [self._send_probe(c, now)]
+        if code in (RETRIEVE_UNKNOWN, DELETE_UNKNOWN):
+            return self._settle_absent(c, now)
+        return self._reject(c, code, message)
+
+    def _settle_absent(self, c: _Create, now: float) -> list[Output]:
+        """The server does not have `c`: the error it was suspected of holds."""
+        suspect, c.suspect_error = c.suspect_error, None
+        if suspect is None:
+            return self._reject(c, ACK_TIMEOUT, "its ack timed out and the server does not have it")
+        code, message, param = suspect
+        if code in _RETRYABLE_CODES or code == "rate_limit_error":
+            return self._retry_later(c, code, message, now)
+        return self._create_error(c, code, message, param, now)
+
+    def _probe_found(self, c: _Create, now: float) -> list[Output]:
+        """The probe deleted `c`: it had landed. Send it again where it belongs
+        (what was suspected of it was not its answer)."""
+        self._inflight.pop(c.event_id, None)
+        c.suspect_error = None
+        c.state, c.refused_seq = _State.PARKED, c.sent_seq
+        c.retry_at = 0.0
+        self._parked[c.op.item_id] = c
+        return self._unpark(now)
 
     def _create_error(
         self, c: _Create, code: str, message: str, param: str | None, now: float
@@ -590,6 +701,15 @@ class ReplayEngine:
         self._track(eid, _Request("retrieve", c.op.item_id))
         return SendEvent({"type": "conversation.item.retrieve", "event_id": eid, "item_id": c.op.item_id})
 
+    def _send_probe(self, c: _Create, now: float) -> SendEvent:
+        """Delete `c` to learn whether it is there: `deleted` (it was, and is
+        sent again) or `item_delete_invalid_item_id` (it is not)."""
+        eid = self._new_event_id("probe")
+        c.event_id, c.state = eid, _State.VERIFYING
+        c.deadline = now + self._verify_timeout
+        self._track(eid, _Request("probe", c.op.item_id))
+        return SendEvent({"type": "conversation.item.delete", "event_id": eid, "item_id": c.op.item_id})
+
     def _send_delete(self, d: _Delete, now: float) -> SendEvent:
         eid = self._new_event_id("delete")
         d.event_id, d.deadline = eid, now + self._ack_timeout
@@ -639,7 +759,33 @@ def _none_if_root(item_id: str) -> str | None:
     return None if item_id == ROOT else item_id
 
 
-def _looks_item_related(code: str, param: str | None) -> bool:
-    if code.startswith(_ITEM_ERROR_PREFIXES):
+def _error_code(err: Mapping[str, Any], message: str) -> str:
+    code = err.get("code")
+    if isinstance(code, str) and code:
+        return code
+    for pattern, known in _CODE_BY_MESSAGE:
+        if pattern.search(message):
+            return known
+    # `server_error` arrives with `code: null` (realtime trace, index id 34909638017)
+    return str(err.get("type") or "error")
+
+
+def _is_item_code(code: str, param: str | None) -> bool:
+    if code.startswith(_ITEM_ERROR_PREFIXES) or code == INVALID_TOOL_CALL:
         return True
     return bool(param) and str(param).startswith(_ITEM_PARAM_PREFIX)
+
+
+def _kinds_answered_by(code: str, param: str | None) -> frozenset[RequestKind]:
+    """Which of our requests an error without event_id may answer."""
+    if code.startswith("item_create") or code == INVALID_TOOL_CALL:
+        return frozenset({"create"})
+    if code.startswith("item_delete"):
+        return frozenset({"delete", "probe"})
+    if code.startswith("item_retrieve"):
+        return frozenset({"retrieve"})
+    if code in _RETRYABLE_CODES or code in _RETRYABLE_TYPES:
+        return _ANY_KIND
+    if _is_item_code(code, param):
+        return frozenset({"create"}) if param else _ANY_KIND
+    return frozenset()
