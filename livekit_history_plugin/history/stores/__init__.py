@@ -11,7 +11,8 @@ URL forms (`open_store(None)` reads env LIVEKIT_HISTORY_URL, else the default
         ?schema=livekit_history  ?pool_min=1  ?pool_max=10  ?command_timeout=30
         ?statement_cache_size=100; any other parameter goes to asyncpg (sslmode...)
     redis://[:pw@]host:6379/0           (or rediss:// for TLS)
-        ?prefix=livekit_history  ?ttl=30d (s/m/h/d/w); other parameters go to redis-py
+        ?prefix=livekit_history  ?ttl=30d (s/m/h/d/w); redis-py's connection options
+        (socket_timeout, ssl_cert_reqs, ...); any other parameter is a ValueError
 
 A malformed URL or an unknown scheme is a ValueError with a one-line message;
 a missing driver is a `MissingDriverError` naming the pip extra.

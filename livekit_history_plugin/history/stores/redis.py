@@ -33,6 +33,7 @@ a client crash). Not for Redis Cluster (a batch spans users' keys).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
@@ -156,6 +157,47 @@ def parse_ttl(value: str) -> timedelta:
     return timedelta(seconds=int(m.group(1)) * _TTL_UNITS[m.group(2)])
 
 
+def _init_parameters(cls: type) -> set[str]:
+    """Named parameters of `cls.__init__` and of every base's (the **kwargs chain)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        for p in inspect.signature(init).parameters.values():
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self":
+                names.add(p.name)
+    return names
+
+
+def check_client_url(url: str, *, shown: str | None = None) -> None:
+    """Refuse a URL redis-py would only fail on at the first command.
+
+    redis-py passes every query parameter it does not know to its connection
+    class as a keyword, so a typo (`?typo_ttl=30d`) becomes a TypeError on
+    connect. The parameters a URL may carry are the keywords the pool and the
+    connection class of its scheme accept.
+    """
+    connection = require_redis().connection
+    parse_url = getattr(connection, "parse_url", None)
+    if parse_url is None:  # a redis-py without it builds no keywords from the query either
+        return
+    where = redact_url(shown or url)
+    try:
+        kwargs: dict[str, Any] = parse_url(url)
+    except ValueError as e:  # e.g. "Invalid value for 'db' in connection URL."
+        raise ValueError(f"bad redis URL {where!r}: {e}") from None
+    cls = kwargs.get("connection_class", connection.Connection)
+    known = _init_parameters(cls) | _init_parameters(connection.ConnectionPool)
+    unknown = sorted(k for k in kwargs if k not in known and k != "connection_class")
+    if unknown:
+        raise ValueError(
+            f"unknown parameter {unknown[0]!r} in redis URL {where!r}: ours are "
+            "prefix and ttl; redis-py takes its connection options (socket_timeout, "
+            "ssl_cert_reqs, client_name, ...)"
+        )
+
+
 def check_prefix(prefix: str) -> str:
     if not _PREFIX_RE.fullmatch(prefix):
         raise ValueError(f"invalid redis key prefix {prefix!r}: use 1-64 of letters, digits, _ . -")
@@ -182,6 +224,7 @@ class RedisStore(HistoryStore):
         display_url: str | None = None,
     ) -> None:
         self._redis = require_redis()
+        check_client_url(url, shown=display_url)
         if ttl is not None and ttl.total_seconds() <= 0:
             raise ValueError("ttl must be positive")
         self._client_url = url
