@@ -19,6 +19,7 @@ User and system text parts are ``input_text`` in both. These are the shapes of
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any, Final, Literal, get_args
 
 from livekit.agents import llm
@@ -29,13 +30,18 @@ from .log import logger
 __all__ = [
     "DIALECTS",
     "ITEM_CREATED_ACK",
+    "ID_PATTERN",
     "MAX_CALL_ID_CHARS",
+    "MAX_ITEM_ID_CHARS",
     "Dialect",
     "create_item_event",
     "delete_item_event",
     "item_to_wire",
+    "supports_retrieve",
     "text_part_type",
+    "valid_wire_id",
     "wire_call_id",
+    "wire_item_id",
     "wire_item_to_livekit",
 ]
 
@@ -63,6 +69,13 @@ _TEXT_PART: Final[dict[Dialect, dict[str, str]]] = {
 # fallback swap) are hashed the way livekit 1.8's realtime converter does it, so a call and
 # its output, and livekit's own later events for them, agree on the id.
 MAX_CALL_ID_CHARS: Final = 32
+# Item ids: at most 32 characters ("Invalid 'item.id': string too long. Expected a string
+# with maximum length 32") matching this pattern (livekit/agents#1717: `invalid_value`,
+# param `item.id`); call ids follow the same pattern (livekit/agents#5652). Ids from
+# stored history or another provider (`a.b`, `x:y`, `fc/1`) are mapped to a stable hash.
+MAX_ITEM_ID_CHARS: Final = 32
+ID_PATTERN: Final = re.compile(r"^[a-zA-Z0-9_-]+$")
+_ITEM_ID_PREFIX: Final = "item_"
 
 # content part types whose text a livekit message keeps when read back from the server
 _TEXT_PARTS_IN: Final = frozenset({"input_text", "text", "output_text"})
@@ -80,11 +93,43 @@ def text_part_type(role: str, dialect: Dialect) -> str:
     return table[wire_role]
 
 
+def valid_wire_id(value: str, max_chars: int = MAX_ITEM_ID_CHARS) -> bool:
+    """Whether the realtime API accepts ``value`` as an item / call id."""
+    return len(value) <= max_chars and ID_PATTERN.match(value) is not None
+
+
 def wire_call_id(call_id: str) -> str:
-    """``call_id`` as sent on the wire: unchanged up to 32 chars, else a stable 32-char hash."""
-    if len(call_id) <= MAX_CALL_ID_CHARS:
+    """``call_id`` as sent on the wire: unchanged when the API accepts it (at most 32
+    chars of ``[a-zA-Z0-9_-]``), else a stable 32-char hash (livekit 1.8's own for long ids)."""
+    if valid_wire_id(call_id, MAX_CALL_ID_CHARS):
         return call_id
     return hashlib.sha256(call_id.encode()).hexdigest()[:MAX_CALL_ID_CHARS]
+
+
+def wire_item_id(item_id: str) -> str:
+    """``item_id`` as sent on the wire: unchanged when the API accepts it, else a stable
+    ``item_`` + hash id of 32 characters (the same one every time, so a replayed item
+    keeps matching its server copy)."""
+    if valid_wire_id(item_id):
+        return item_id
+    digest = hashlib.sha256(item_id.encode()).hexdigest()
+    return _ITEM_ID_PREFIX + digest[: MAX_ITEM_ID_CHARS - len(_ITEM_ID_PREFIX)]
+
+
+# Azure's api-version=2024-10-01-preview reference (MicrosoftDocs/azure-ai-docs
+# articles/ai-services/openai/realtime-audio-reference.md, 12/12/2024) lists nine client
+# events and no conversation.item.retrieve; the beta retrieve event first appears in the
+# openai SDK between 1.65.0 and 1.70.0 (about March 2025), and the Foundry reference of
+# 01/29/2026 lists it. Preview api-versions dated before 2025-03 are taken to lack it.
+_FIRST_RETRIEVE_API_VERSION: Final = "2025-03"
+
+
+def supports_retrieve(api_version: str | None) -> bool:
+    """Whether a realtime endpoint answers ``conversation.item.retrieve``: GA (no
+    api-version) does; Azure preview api-versions before 2025-03 do not."""
+    if not api_version:
+        return True
+    return api_version[:7] >= _FIRST_RETRIEVE_API_VERSION
 
 
 def item_to_wire(item: llm.ChatItem, dialect: Dialect) -> dict[str, Any]:
@@ -98,6 +143,7 @@ def item_to_wire(item: llm.ChatItem, dialect: Dialect) -> dict[str, Any]:
     item_id = _required_str(item, "id", item_type)
     if not item_id:
         raise ValueError(f"{item_type} item has an empty id")
+    item_id = wire_item_id(item_id)
 
     if item_type == "message" and isinstance(item, llm.ChatMessage):
         return _message_to_wire(item, item_id, dialect)

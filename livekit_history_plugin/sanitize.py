@@ -28,6 +28,7 @@ from typing import Any, Final
 from livekit.agents import llm
 
 from . import _plugin  # noqa: F401  (registers with livekit)
+from .dialects import wire_call_id, wire_item_id
 from .log import logger
 
 __all__ = [
@@ -178,6 +179,9 @@ class SanitizeResult:
     changed: tuple[str, ...]
     """ids of kept items whose content was rewritten (they are copies)"""
     dropped_parts: tuple[DroppedPart, ...] = ()
+    renamed: tuple[tuple[str, str], ...] = ()
+    """``(original id, wire id)`` of kept items whose id the API would reject (another
+    provider's ``a.b`` / ``x:y``, longer than 32 chars): they are copies under a stable id"""
 
 
 def sanitize_chat_ctx(
@@ -205,6 +209,7 @@ def sanitize_chat_ctx_report(
         dropped=tuple(run.dropped),
         changed=tuple(run.changed),
         dropped_parts=tuple(run.dropped_parts),
+        renamed=tuple(run.renamed),
     )
 
 
@@ -226,6 +231,7 @@ class _Run:
         self.dropped: list[DroppedItem] = []
         self.dropped_parts: list[DroppedPart] = []
         self.changed: list[str] = []
+        self.renamed: list[tuple[str, str]] = []
         self._ids: set[str] = set()
         self._call_ids: set[str] = set()
         self._answered_call_ids: set[str] = set()
@@ -275,8 +281,10 @@ class _Run:
             cleaned, reason = _clean_function_call_output(item)
         if cleaned is None:
             return self.drop(item_id, item_type, reason)
+        cleaned = _with_wire_ids(cleaned, item_type)
+        kept_id: str = cleaned.id
 
-        if item_id in self._ids:
+        if kept_id in self._ids:
             return self.drop(item_id, item_type, R_DUPLICATE_ID)
         if item_type == _FUNCTION_CALL:
             if cleaned.call_id in self._call_ids:
@@ -289,10 +297,12 @@ class _Run:
                 return self.drop(item_id, item_type, R_DUPLICATE_CALL_ID)
             self._answered_call_ids.add(cleaned.call_id)
 
-        self._ids.add(item_id)
+        self._ids.add(kept_id)
         self.kept.append(cleaned)
+        if kept_id != item_id:
+            self.renamed.append((item_id, kept_id))
         if cleaned is not item:
-            self.changed.append(item_id)
+            self.changed.append(kept_id)
         return None
 
     def _clean_message(self, msg: Any, item_id: str) -> tuple[Any, str]:
@@ -352,6 +362,20 @@ class _Run:
         if not text or text.isspace():
             return None, P_EMPTY_TEXT
         return _valid_unicode(text), ""
+
+
+def _with_wire_ids(item: Any, item_type: str | None) -> Any:
+    """``item``, or a copy whose id / call_id the API accepts (a stable mapping, so a
+    call and its output keep agreeing and a replayed item keeps matching its server copy)."""
+    update: dict[str, str] = {}
+    new_id = wire_item_id(item.id)
+    if new_id != item.id:
+        update["id"] = new_id
+    if item_type in (_FUNCTION_CALL, _FUNCTION_CALL_OUTPUT):
+        call_id = wire_call_id(item.call_id)
+        if call_id != item.call_id:
+            update["call_id"] = call_id
+    return item.model_copy(update=update) if update else item
 
 
 def _clean_function_call(call: Any) -> tuple[Any, str]:

@@ -20,7 +20,8 @@ from openai.types.beta import realtime as beta_sdk
 from pydantic import BaseModel
 
 from livekit_history_plugin import sanitize as sanitize_mod
-from livekit_history_plugin.dialects import create_item_event
+from livekit_history_plugin.dialects import create_item_event, valid_wire_id, wire_item_id
+from livekit_history_plugin.testing import validate_client_event
 from livekit_history_plugin.sanitize import (
     DROP_REASONS,
     INSTRUCTION_ITEM_IDS,
@@ -282,9 +283,12 @@ def _is_subsequence(sub: list[Any], full: list[Any]) -> bool:
 
 
 def _source_ids(ctx: llm.ChatContext) -> list[Any]:
-    return [
-        getattr(item, "id", None) if not isinstance(item, Exploding) else None for item in ctx.items
-    ]
+    """Source ids as the sanitizer keeps them: ids the API rejects map to wire ids."""
+    out: list[Any] = []
+    for item in ctx.items:
+        item_id = getattr(item, "id", None) if not isinstance(item, Exploding) else None
+        out.append(wire_item_id(item_id) if isinstance(item_id, str) and item_id else item_id)
+    return out
 
 
 def check_output(ctx: llm.ChatContext, result: SanitizeResult, *, keep_instructions: bool) -> None:
@@ -297,6 +301,9 @@ def check_output(ctx: llm.ChatContext, result: SanitizeResult, *, keep_instructi
     assert all(d.reason in DROP_REASONS for d in result.dropped)
     assert all(p.reason in PART_DROP_REASONS for p in result.dropped_parts)
     assert set(result.changed) <= set(out_ids)
+    # every id the server sees matches ^[a-zA-Z0-9_-]+$, at most 32 chars (D6)
+    assert all(valid_wire_id(i) for i in out_ids)
+    assert {new for _old, new in result.renamed} <= set(result.changed)
 
     called: set[str] = set()
     answered: set[str] = set()
@@ -314,6 +321,7 @@ def check_output(ctx: llm.ChatContext, result: SanitizeResult, *, keep_instructi
                 assert item.id not in INSTRUCTION_ITEM_IDS
         elif item.type == "function_call":
             assert item.call_id and item.call_id not in called
+            assert valid_wire_id(item.call_id)
             assert isinstance(item.name, str) and isinstance(item.arguments, str)
             called.add(item.call_id)
         else:
@@ -450,7 +458,10 @@ def test_removes_livekit_instruction_item_as_livekit_writes_it() -> None:
     assert ids(r.chat_ctx) == ["m1"]
     assert reasons(r) == [(generation.INSTRUCTIONS_MESSAGE_ID, "instructions")]
     kept = sanitize_chat_ctx_report(ctx, keep_instructions=True)
-    assert ids(kept.chat_ctx) == [generation.INSTRUCTIONS_MESSAGE_ID, "m1"]
+    # kept, under a wire id: the real server refuses the dots of livekit's marker id
+    wire = wire_item_id(generation.INSTRUCTIONS_MESSAGE_ID)
+    assert ids(kept.chat_ctx) == [wire, "m1"]
+    assert kept.renamed == ((generation.INSTRUCTIONS_MESSAGE_ID, wire),)
 
 
 @pytest.mark.skipif(
@@ -708,3 +719,29 @@ def test_drop_reasons_are_documented() -> None:
         "not_text",
         "empty_text",
     }
+
+
+def test_ids_the_server_refuses_are_mapped_to_stable_wire_ids() -> None:
+    # D6: item.id must match ^[a-zA-Z0-9_-]+$ (livekit/agents#1717), call ids too
+    # (livekit/agents#5652); ids such as these come from stored history of another provider
+    ctx = llm.ChatContext(
+        [
+            msg("a.b", "user", "hi"),
+            llm.FunctionCall(id="x:y", call_id="fc/1", name="lookup", arguments="{}"),
+            llm.FunctionCallOutput(id="out 1", call_id="fc/1", output="ok", is_error=False),
+            msg("ok_id-1", "assistant", "done"),
+        ]
+    )
+    first = sanitize_chat_ctx_report(ctx)
+    second = sanitize_chat_ctx_report(ctx)
+    out = first.chat_ctx.items
+    assert [i.id for i in out] == [i.id for i in second.chat_ctx.items]  # stable
+    assert all(valid_wire_id(i.id) for i in out)
+    assert out[3].id == "ok_id-1" and out[3] is ctx.items[3]
+    call, output = out[1], out[2]
+    assert isinstance(call, llm.FunctionCall) and isinstance(output, llm.FunctionCallOutput)
+    assert call.call_id == output.call_id != "fc/1" and valid_wire_id(call.call_id)
+    assert dict(first.renamed) == {"a.b": out[0].id, "x:y": call.id, "out 1": output.id}
+    for item in out:
+        event = create_item_event(item, dialect="ga", event_id="e1", previous_item_id=None)
+        validate_client_event(event, "ga")

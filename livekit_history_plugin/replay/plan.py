@@ -39,15 +39,19 @@ def _target_items(chat_ctx: llm.ChatContext, remote: llm.ChatContext) -> tuple[l
     arrives here empty: it must stay, not be deleted (livekit keeps it too).
     """
     report = sanitize_chat_ctx_report(chat_ctx)
-    kept = {item.id for item in report.chat_ctx.items}
+    # ids the API would reject were mapped to wire ids; the server and the mirror
+    # only ever see those
+    renamed = dict(report.renamed)
     remote_ids = {item.id for item in remote.items}
     by_id = {item.id: item for item in report.chat_ctx.items}
     items: list[Any] = []
     for item in chat_ctx.items:
         item_id = getattr(item, "id", None)
-        if item_id in kept:
-            items.append(by_id[item_id])
-            kept.discard(item_id)  # first occurrence only, as the sanitizer does
+        if not isinstance(item_id, str):
+            continue
+        wire_id = renamed.get(item_id, item_id)
+        if wire_id in by_id:
+            items.append(by_id.pop(wire_id))  # first occurrence only, as the sanitizer does
         elif item_id in remote_ids and _is_empty_message(item):
             items.append(remote.get_by_id(item_id))
     return items, len(report.dropped)
@@ -75,7 +79,9 @@ def plan_update(
         return prev
 
     for prev, item_id in sorted(
-        list(diff.to_create) + list(diff.to_update), key=lambda op: position[op[1]]
+        # livekit 1.0 - 1.1 do not diff changed content (their DiffOps has no `to_update`)
+        list(diff.to_create) + list(getattr(diff, "to_update", ())),
+        key=lambda op: position[op[1]],
     ):
         if item_id in remote_by_id and _is_empty_message(remote_by_id[item_id]):
             continue  # the server has content we never saw; recreating would lose it

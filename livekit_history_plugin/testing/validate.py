@@ -16,6 +16,7 @@ the emulator uses the finer-grained :func:`provider_event_error`,
 
 from __future__ import annotations
 
+import re
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,50 @@ Dialect = Literal["beta", "ga"]
 # The real servers cap client-chosen item ids at 32 characters:
 # "Invalid 'item.id': string too long. Expected a string with maximum length 32, ..."
 MAX_ITEM_ID_LENGTH = 32
+# ... and to this pattern: `invalid_value`, param `item.id`, event_id echoed
+# (livekit/agents#1717); call ids follow it too (livekit/agents#5652). The sentence is
+# OpenAI's pattern-error template.
+ID_PATTERN = "^[a-zA-Z0-9_-]+$"
+_ID_RE = re.compile(ID_PATTERN)
+
+# The unknown-event answer lists what each endpoint accepts, in its own order.
+# OpenAI GA: the 2026-09-18 websocket capture (index id 69522944037), verbatim.
+OPENAI_GA_EVENTS: tuple[str, ...] = (
+    "session.update",
+    "session.close",
+    "input_audio_buffer.append",
+    "session.input_audio_buffer.append",
+    "input_audio_buffer.commit",
+    "input_audio_buffer.clear",
+    "conversation.item.create",
+    "conversation.item.truncate",
+    "conversation.item.delete",
+    "conversation.item.retrieve",
+    "response.create",
+    "response.cancel",
+)
+# Azure GA (gpt-realtime-2.1 live probe, swigerb/SonicAIDriveThru tests/conformance/
+# README.md): has session.close and transcription_session.update, no
+# output_audio_buffer.clear; the order of the two extra entries was not captured.
+AZURE_GA_EVENTS: tuple[str, ...] = (
+    "session.update",
+    "transcription_session.update",
+    *OPENAI_GA_EVENTS[1:],
+)
+# Azure api-version=2024-10-01-preview: the nine client events of its reference
+# (MicrosoftDocs/azure-ai-docs articles/ai-services/openai/realtime-audio-reference.md,
+# 12/12/2024), in its order; no conversation.item.retrieve.
+AZURE_2024_10_EVENTS: tuple[str, ...] = (
+    "session.update",
+    "input_audio_buffer.append",
+    "input_audio_buffer.commit",
+    "input_audio_buffer.clear",
+    "conversation.item.create",
+    "conversation.item.truncate",
+    "conversation.item.delete",
+    "response.create",
+    "response.cancel",
+)
 
 CLIENT_EVENT_TYPES: dict[Dialect, tuple[str, ...]] = {
     "beta": (
@@ -201,8 +246,11 @@ def invalid_type(param: str, expected: str, value: Any) -> ProviderError:
 # ---------------------------------------------------------------------------
 
 
-def provider_event_error(event: Any, dialect: Dialect) -> ProviderError | None:
-    """Envelope rules every client event goes through: an object with a known ``type``."""
+def provider_event_error(
+    event: Any, dialect: Dialect, supported: Sequence[str] | None = None
+) -> ProviderError | None:
+    """Envelope rules every client event goes through: an object with a known ``type``
+    (one of ``supported``, default: every event type of the dialect's SDK)."""
     if not isinstance(event, dict):
         # not documented; OpenAI's invalid_type template applied to the whole event
         return ProviderError(
@@ -215,9 +263,22 @@ def provider_event_error(event: Any, dialect: Dialect) -> ProviderError | None:
         return missing("type")
     if not isinstance(event_type, str):
         return invalid_type("type", "a string", event_type)
-    if event_type not in CLIENT_EVENT_TYPES[dialect]:
-        return invalid_enum("type", event_type, CLIENT_EVENT_TYPES[dialect])
+    known = CLIENT_EVENT_TYPES[dialect] if supported is None else tuple(supported)
+    if event_type not in known:
+        return invalid_enum("type", event_type, known)
     return None
+
+
+def pattern_error(param: str, value: str) -> ProviderError | None:
+    """``invalid_value`` for an id outside ``^[a-zA-Z0-9_-]+$``, None when it matches."""
+    if _ID_RE.match(value):
+        return None
+    return ProviderError(
+        "invalid_value",
+        f"Invalid '{param}': string does not match pattern. Expected a string that matches "
+        f"the pattern '{ID_PATTERN}'.",
+        param,
+    )
 
 
 def provider_item_error(
@@ -243,6 +304,9 @@ def provider_item_error(
                 f"{MAX_ITEM_ID_LENGTH}, but got a string with length {len(item_id)} instead.",
                 f"{param}.id",
             )
+        bad_id = pattern_error(f"{param}.id", item_id)
+        if bad_id is not None:
+            return bad_id
     item_type = item.get("type")
     if item_type is None:
         return missing(f"{param}.type")
@@ -258,6 +322,9 @@ def provider_item_error(
         for field in ("call_id", "output"):
             if item.get(field) is None:
                 return missing(f"{param}.{field}")
+    call_id = item.get("call_id")
+    if item_type in ("function_call", "function_call_output") and isinstance(call_id, str):
+        return pattern_error(f"{param}.call_id", call_id)
     return None
 
 
