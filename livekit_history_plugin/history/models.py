@@ -127,6 +127,11 @@ class Fact(BaseModel):
     key: Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_no_control_chars)]
     text: str = Field(min_length=1, max_length=2_000)
     created_at: UtcDatetime = Field(default_factory=utcnow)
+    # where it came from: "author" (remember()), "rules" / "llm" (captured from a
+    # call), "tool" (the model called a tool); a captured fact names the caller
+    # turns (idempotency keys) it was read from, so it can be checked and revoked
+    origin: str = Field(default="author", min_length=1, max_length=32)
+    source_turn_ids: list[Ident] = Field(default_factory=list, max_length=64)
 
 
 class ConversationInfo(BaseModel):

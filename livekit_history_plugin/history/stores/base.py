@@ -10,10 +10,15 @@ import abc
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from ...log import logger
 from ..models import ConversationInfo, Fact, StoreStats, Summary, Turn, as_utc, storable_text
+
+if TYPE_CHECKING:
+    from ..calls import CallRecord
+from ..search import SCAN_FALLBACK_TURNS, RecallHit, check_recall_args, scan_search
 
 # purge progress: called with the number of turns deleted so far, after each batch
 PurgeProgress = Callable[[int], None]
@@ -143,6 +148,23 @@ class HistoryStore(abc.ABC):
     async def list_users(self) -> list[str]:
         """Every user with any stored turn, summary or fact, sorted by code point."""
 
+    async def count_turns_older_than(
+        self, age: timedelta, *, now: datetime | None = None
+    ) -> int:
+        """How many turns `purge_older_than(age, now=now)` would delete, for every
+        user (for a dry run, and to see a purge that would delete everything).
+
+        This default reads each user's old turns (corrupt rows, which a purge
+        deletes too, are not counted); the built-in backends count in the store.
+        """
+        cutoff = purge_cutoff(age, now)
+        total = 0
+        for user_id in await self.list_users():
+            stored = await self.count_turns(user_id)
+            if stored:
+                total += len(await self.load_latest(user_id, stored, before=cutoff))
+        return total
+
     # -- deletion ----------------------------------------------------------------
     @abc.abstractmethod
     async def delete_user(self, user_id: str) -> int:
@@ -184,6 +206,40 @@ class HistoryStore(abc.ABC):
 
     @abc.abstractmethod
     async def stats(self) -> StoreStats: ...
+
+    # -- call log (what each call loaded, replayed, recorded) ---------------------
+    @abc.abstractmethod
+    async def record_call(self, record: CallRecord) -> None:
+        """Insert or replace the record of (user_id, conversation_id).
+
+        Deleted with the user; purged by age with the turns. Redis keeps the
+        newest `calls.MAX_CALLS_PER_USER` per user."""
+
+    @abc.abstractmethod
+    async def load_calls(self, user_id: str, limit: int) -> list[CallRecord]:
+        """The user's latest `limit` call records, newest first (corrupt ones skipped)."""
+
+    # -- recall --------------------------------------------------------------------
+    async def search_turns(
+        self,
+        user_id: str,
+        query: str,
+        limit: int,
+        *,
+        exclude_conversation_id: str | None = None,
+    ) -> list[RecallHit]:
+        """The user's stored turns best matching `query` (natural language, see
+        `history.search`), best first, at most `limit`; never another user's.
+
+        This default is the bounded fallback for a backend without a text index:
+        it ranks the user's latest `SCAN_FALLBACK_TURNS` turns, so older turns
+        are not found. SQLite and PostgreSQL override it with their own engine.
+        """
+        terms = check_recall_args(query, limit)
+        if not terms or limit == 0:
+            return []
+        turns = await self.load_latest(user_id, SCAN_FALLBACK_TURNS)
+        return scan_search(turns, terms, limit, exclude_conversation_id=exclude_conversation_id)
 
 
 # -- helpers shared by the backends ----------------------------------------------

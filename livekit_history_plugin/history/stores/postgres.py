@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ...log import logger
+from ..calls import CallRecord, call_from_json
 from ..models import (
     ConversationInfo,
     Fact,
@@ -38,6 +39,7 @@ from ..models import (
     summary_from_record,
     turn_from_record,
 )
+from ..search import RecallHit, check_recall_args
 from .base import (
     HistoryStore,
     MissingDriverError,
@@ -321,6 +323,20 @@ class PostgresStore(HistoryStore):
 
         return sorted(await self._run("list_users", fn))
 
+    async def count_turns_older_than(
+        self, age: timedelta, *, now: datetime | None = None
+    ) -> int:
+        cutoff = purge_cutoff(age, now)
+
+        async def fn(conn: asyncpg.Connection) -> int:
+            return int(
+                await conn.fetchval(
+                    f"SELECT count(*) FROM {self._q}.turns WHERE created_at < $1", cutoff
+                )
+            )
+
+        return await self._run("count_turns_older_than", fn)
+
     # -- deletion ---------------------------------------------------------------------
     async def delete_user(self, user_id: str) -> int:
         async def fn(conn: asyncpg.Connection) -> int:
@@ -330,6 +346,7 @@ class PostgresStore(HistoryStore):
                 )
                 await conn.execute(f"DELETE FROM {self._q}.summaries WHERE user_id = $1", user_id)
                 await conn.execute(f"DELETE FROM {self._q}.facts WHERE user_id = $1", user_id)
+                await conn.execute(f"DELETE FROM {self._q}.calls WHERE user_id = $1", user_id)
             return int(status.rsplit(" ", 1)[-1])
 
         return await self._run("delete_user", fn)
@@ -347,9 +364,53 @@ class PostgresStore(HistoryStore):
             status: str = await conn.execute(self._sql.purge, cutoff, _PURGE_BATCH)
             return int(status.rsplit(" ", 1)[-1])
 
-        return await purge_in_batches(
+        deleted = await purge_in_batches(
             lambda: self._run("purge_older_than", fn), _PURGE_BATCH, progress
         )
+
+        async def purge_calls(conn: asyncpg.Connection) -> None:
+            await conn.execute(f"DELETE FROM {self._q}.calls WHERE ended_at < $1", cutoff)
+
+        await self._run("purge_older_than", purge_calls)
+        return deleted
+
+    # -- call log -----------------------------------------------------------------------
+    async def record_call(self, record: CallRecord) -> None:
+        async def fn(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                f"INSERT INTO {self._q}.calls (user_id, conversation_id, ended_at, record) "
+                "VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (user_id, conversation_id) DO "
+                "UPDATE SET ended_at = excluded.ended_at, record = excluded.record",
+                record.user_id,
+                record.conversation_id,
+                record.ended_at,
+                record.model_dump_json(),
+            )
+
+        await self._run("record_call", fn)
+
+    async def load_calls(self, user_id: str, limit: int) -> list[CallRecord]:
+        check_limit(limit)
+
+        async def fn(conn: asyncpg.Connection) -> list[Any]:
+            return list(
+                await conn.fetch(
+                    f"SELECT conversation_id, record::text AS record FROM {self._q}.calls "
+                    "WHERE user_id = $1 ORDER BY ended_at DESC, conversation_id DESC LIMIT $2",
+                    user_id,
+                    limit,
+                )
+            )
+
+        records = (
+            call_from_json(
+                row["record"],
+                where=f"{self.url} {self.schema}.calls {user_id!r}/{row['conversation_id']!r}",
+                user_id=user_id,
+            )
+            for row in await self._run("load_calls", fn)
+        )
+        return [r for r in records if r is not None]
 
     # -- summary and facts --------------------------------------------------------------
     async def save_summary(self, summary: Summary) -> None:
@@ -392,13 +453,16 @@ class PostgresStore(HistoryStore):
 
         async def fn(conn: asyncpg.Connection) -> None:
             await conn.execute(
-                f"INSERT INTO {self._q}.facts (user_id, key, text, created_at) "
-                "VALUES ($1, $2, $3, $4) ON CONFLICT (user_id, key) DO UPDATE SET "
-                "text = excluded.text, created_at = excluded.created_at",
+                f"INSERT INTO {self._q}.facts (user_id, key, text, created_at, origin, "
+                "source_turns) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_id, key) "
+                "DO UPDATE SET text = excluded.text, created_at = excluded.created_at, "
+                "origin = excluded.origin, source_turns = excluded.source_turns",
                 fact.user_id,
                 fact.key,
                 text,
                 fact.created_at,
+                fact.origin,
+                fact.source_turn_ids,
             )
 
         await self._run("save_fact", fn)
@@ -407,8 +471,9 @@ class PostgresStore(HistoryStore):
         async def fn(conn: asyncpg.Connection) -> list[Any]:
             return list(
                 await conn.fetch(
-                    f"SELECT user_id, key, text, created_at FROM {self._q}.facts "
-                    "WHERE user_id = $1 ORDER BY created_at, key",
+                    f"SELECT user_id, key, text, created_at, origin, source_turns AS "
+                    f"source_turn_ids FROM {self._q}.facts WHERE user_id = $1 "
+                    "ORDER BY created_at, key",
                     user_id,
                 )
             )
@@ -430,6 +495,38 @@ class PostgresStore(HistoryStore):
             return status != "DELETE 0"
 
         return await self._run("delete_fact", fn)
+
+    async def search_turns(
+        self,
+        user_id: str,
+        query: str,
+        limit: int,
+        *,
+        exclude_conversation_id: str | None = None,
+    ) -> list[RecallHit]:
+        """tsvector search over the user's turns: ts_rank, newest first on ties."""
+        terms = check_recall_args(query, limit)
+        if not terms or limit == 0:
+            return []
+        sql = self._sql.search(len(terms), exclude=exclude_conversation_id is not None)
+        args: list[Any] = [user_id, limit, *terms]
+        if exclude_conversation_id is not None:
+            args.append(exclude_conversation_id)
+
+        async def fn(conn: asyncpg.Connection) -> list[Any]:
+            return list(await conn.fetch(sql, *args))
+
+        hits: list[RecallHit] = []
+        for row in await self._run("search_turns", fn):
+            turn = turn_from_record(
+                {k: row[k] for k in row.keys() if k not in ("idem_key", "score")},
+                where=f"{self.url} {self.schema}.turns (user_id={user_id!r}, "
+                f"idem_key={row['idem_key']!r})",
+                user_id=user_id,
+            )
+            if turn is not None:
+                hits.append(RecallHit(turn=turn, score=float(row["score"])))
+        return hits
 
     async def stats(self) -> StoreStats:
         q = self._q
@@ -475,6 +572,30 @@ class _Statements:
             f"DELETE FROM {q}.turns WHERE (user_id, idem_key) IN (SELECT user_id, idem_key "
             f"FROM {q}.turns WHERE created_at < $1 LIMIT $2)"
         )
+        self._q = q
+        self._search: dict[tuple[int, bool], str] = {}
+
+    def search(self, n_terms: int, *, exclude: bool) -> str:
+        """The search statement for n_terms words ($3..): one per word count, so
+        asyncpg prepares a handful at most (MAX_QUERY_TERMS)."""
+        key = (n_terms, exclude)
+        sql = self._search.get(key)
+        if sql is None:
+            # each word goes through plainto_tsquery as a bound parameter: no
+            # tsquery syntax of the caller's ever reaches the parser as syntax
+            terms = " || ".join(f"plainto_tsquery('simple', ${i + 3})" for i in range(n_terms))
+            # the owner lexeme of migration 3 (hex digits: a valid tsquery word) ANDed
+            # in, so the GIN index scopes the search to this user; user_id = $1
+            # re-checks it exactly
+            owner_q = "('u' || md5($1))"
+            skip = f"AND conversation_id <> ${n_terms + 3} " if exclude else ""
+            sql = self._search[key] = (
+                f"SELECT {_TURN_COLUMNS}, ts_rank(search, ({terms})) AS score "
+                f"FROM {self._q}.turns WHERE user_id = $1 "
+                f"AND search @@ (({terms}) && {owner_q}::tsquery) {skip}"
+                "ORDER BY score DESC, created_at DESC, conversation_id DESC, seq DESC LIMIT $2"
+            )
+        return sql
 
 
 def _lock_key(schema: str) -> int:

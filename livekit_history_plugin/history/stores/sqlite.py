@@ -26,6 +26,7 @@ close): for tests and demos.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +35,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from ...log import logger
+from ..calls import CallRecord, call_from_json
 from ..models import (
     ConversationInfo,
     Fact,
@@ -45,6 +47,7 @@ from ..models import (
     turn_from_record,
     utcnow,
 )
+from ..search import RecallHit, check_recall_args, fts5_match, owner_token
 from .base import (
     HistoryStore,
     PurgeProgress,
@@ -84,6 +87,18 @@ _LATEST = (
 )
 LATEST_SQL = _LATEST.format(before="")
 LATEST_BEFORE_SQL = _LATEST.format(before="AND created_at < ? ")
+# CROSS JOIN keeps the FTS index as the outer loop: the match (already scoped to
+# the user's owner token) drives, never a scan of the user's turns; the
+# user_id test re-checks the owner exactly
+_SEARCH = (
+    "SELECT "
+    + ", ".join(f"t.{c.strip()}" for c in _TURN_COLUMNS.split(","))
+    + ", turns_fts.rank FROM turns_fts CROSS JOIN turns AS t ON t.id = turns_fts.rowid "
+    "WHERE turns_fts MATCH ? AND t.user_id = ? {exclude}"
+    "ORDER BY turns_fts.rank, t.created_at DESC, t.conversation_id DESC, t.seq DESC LIMIT ?"
+)
+SEARCH_SQL = _SEARCH.format(exclude="")
+SEARCH_EXCLUDING_SQL = _SEARCH.format(exclude="AND t.conversation_id <> ? ")
 
 
 class _Connection:
@@ -130,6 +145,14 @@ class _Connection:
 
     async def _submit(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+
+def _json_list(raw: Any) -> Any:
+    """A stored JSON array back as a list; anything else as is (the model rejects it)."""
+    try:
+        return json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        return raw
 
 
 def _write(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
@@ -372,12 +395,24 @@ class SqliteStore(HistoryStore):
 
         return sorted(await self._read("list_users", fn))
 
+    async def count_turns_older_than(
+        self, age: timedelta, *, now: datetime | None = None
+    ) -> int:
+        cutoff = to_micros(purge_cutoff(age, now))
+
+        def fn(db: sqlite3.Connection) -> int:
+            row = db.execute("SELECT count(*) FROM turns WHERE created_at < ?", (cutoff,))
+            return int(row.fetchone()[0])
+
+        return await self._read("count_turns_older_than", fn)
+
     # -- deletion ---------------------------------------------------------------------
     async def delete_user(self, user_id: str) -> int:
         def body(db: sqlite3.Connection) -> int:
             deleted = db.execute("DELETE FROM turns WHERE user_id = ?", (user_id,)).rowcount
             db.execute("DELETE FROM summaries WHERE user_id = ?", (user_id,))
             db.execute("DELETE FROM facts WHERE user_id = ?", (user_id,))
+            db.execute("DELETE FROM calls WHERE user_id = ?", (user_id,))
             return int(deleted)
 
         return await self._write("delete_user", body)
@@ -400,9 +435,49 @@ class SqliteStore(HistoryStore):
                 ).rowcount
             )
 
-        return await purge_in_batches(
+        deleted = await purge_in_batches(
             lambda: self._write("purge_older_than", body), _PURGE_BATCH, progress
         )
+        await self._write(
+            "purge_older_than",
+            lambda db: db.execute("DELETE FROM calls WHERE ended_at < ?", (cutoff,)),
+        )
+        return deleted
+
+    # -- call log -----------------------------------------------------------------------
+    async def record_call(self, record: CallRecord) -> None:
+        row = (
+            record.user_id,
+            record.conversation_id,
+            to_micros(record.ended_at),
+            record.model_dump_json(),
+        )
+
+        def body(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO calls (user_id, conversation_id, ended_at, record) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (user_id, conversation_id) DO UPDATE SET "
+                "ended_at = excluded.ended_at, record = excluded.record",
+                row,
+            )
+
+        await self._write("record_call", body)
+
+    async def load_calls(self, user_id: str, limit: int) -> list[CallRecord]:
+        check_limit(limit)
+
+        def fn(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return db.execute(
+                "SELECT conversation_id, record FROM calls WHERE user_id = ? "
+                "ORDER BY ended_at DESC, conversation_id DESC LIMIT ?",
+                (user_id, limit),
+            ).fetchall()
+
+        records = (
+            call_from_json(raw, where=f"{self.url} calls {user_id!r}/{conv!r}", user_id=user_id)
+            for conv, raw in await self._read("load_calls", fn)
+        )
+        return [r for r in records if r is not None]
 
     # -- summary and facts --------------------------------------------------------------
     async def save_summary(self, summary: Summary) -> None:
@@ -452,13 +527,22 @@ class SqliteStore(HistoryStore):
 
     async def save_fact(self, fact: Fact) -> None:
         text = storable(fact.text, self.url, f"fact {fact.key!r} of user {fact.user_id!r}")
-        row = (fact.user_id, fact.key, text, to_micros(fact.created_at))
+        row = (
+            fact.user_id,
+            fact.key,
+            text,
+            to_micros(fact.created_at),
+            fact.origin,
+            json.dumps(fact.source_turn_ids),
+        )
 
         def body(db: sqlite3.Connection) -> None:
             db.execute(
-                "INSERT INTO facts (user_id, key, text, created_at) VALUES (?, ?, ?, ?) "
+                "INSERT INTO facts (user_id, key, text, created_at, origin, source_turns) "
+                "VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (user_id, key) DO UPDATE SET text = excluded.text, "
-                "created_at = excluded.created_at",
+                "created_at = excluded.created_at, origin = excluded.origin, "
+                "source_turns = excluded.source_turns",
                 row,
             )
 
@@ -467,17 +551,24 @@ class SqliteStore(HistoryStore):
     async def load_facts(self, user_id: str) -> list[Fact]:
         def fn(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
             return db.execute(
-                "SELECT key, text, created_at FROM facts WHERE user_id = ? "
-                "ORDER BY created_at, key",
+                "SELECT key, text, created_at, origin, source_turns FROM facts "
+                "WHERE user_id = ? ORDER BY created_at, key",
                 (user_id,),
             ).fetchall()
 
         facts = (
             fact_from_record(
-                {"user_id": user_id, "key": key, "text": text, "created_at": from_micros(created)},
+                {
+                    "user_id": user_id,
+                    "key": key,
+                    "text": text,
+                    "created_at": from_micros(created),
+                    "origin": origin,
+                    "source_turn_ids": _json_list(sources),
+                },
                 where=f"{self.url} facts user_id={user_id!r} key={key!r}",
             )
-            for key, text, created in await self._read("load_facts", fn)
+            for key, text, created, origin, sources in await self._read("load_facts", fn)
         )
         return [f for f in facts if f is not None]
 
@@ -487,6 +578,36 @@ class SqliteStore(HistoryStore):
             return cur.rowcount > 0
 
         return await self._write("delete_fact", body)
+
+    async def search_turns(
+        self,
+        user_id: str,
+        query: str,
+        limit: int,
+        *,
+        exclude_conversation_id: str | None = None,
+    ) -> list[RecallHit]:
+        """FTS5 over the user's turns: bm25 rank, newest first on ties."""
+        terms = check_recall_args(query, limit)
+        if not terms or limit == 0:
+            return []
+        match = fts5_match(owner_token(user_id), terms)
+        sql = SEARCH_SQL if exclude_conversation_id is None else SEARCH_EXCLUDING_SQL
+        params: tuple[str | int, ...] = (match, user_id)
+        if exclude_conversation_id is not None:
+            params += (exclude_conversation_id,)
+        params += (limit,)
+
+        def fn(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return db.execute(sql, params).fetchall()
+
+        hits: list[RecallHit] = []
+        for row in await self._read("search_turns", fn):
+            turn = self._turn(row[:-1], user_id)
+            if turn is not None:
+                # bm25 is lower-is-better; a hit's score is higher-is-better
+                hits.append(RecallHit(turn=turn, score=-float(row[-1])))
+        return hits
 
     async def stats(self) -> StoreStats:
         def fn(db: sqlite3.Connection) -> StoreStats:

@@ -56,6 +56,41 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS turns_created_at ON {schema}.turns (created_at)",
         ),
     ),
+    Migration(
+        3,
+        "facts.origin, facts.source_turns; full-text search column and GIN index on turns",
+        (
+            "ALTER TABLE {schema}.facts ADD COLUMN origin text NOT NULL DEFAULT 'author'",
+            # idempotency keys of the caller turns a fact was read from
+            "ALTER TABLE {schema}.facts ADD COLUMN source_turns text[] NOT NULL DEFAULT '{{}}'",
+            # 'simple': no stemming or stop words, so every language is indexed alike.
+            # The lexeme 'u' || md5(user_id) scopes a search to one user inside the GIN
+            # index (no extension needed, unlike btree_gin). left(): a tsvector holds at
+            # most 1 MB, and an oversized turn must never make an append fail.
+            # STORED fills the column for every existing row (rewrites the table).
+            """ALTER TABLE {schema}.turns ADD COLUMN search tsvector GENERATED ALWAYS AS (
+                to_tsvector('simple'::regconfig, left(text, 65536))
+                || array_to_tsvector(ARRAY['u' || md5(user_id)])
+            ) STORED""",
+            "CREATE INDEX IF NOT EXISTS turns_search ON {schema}.turns USING gin (search)",
+        ),
+    ),
+    Migration(
+        4,
+        "calls: one record per call (what was loaded, replayed, recorded)",
+        (
+            # the record is history.calls.CallRecord as JSON, read whole
+            """CREATE TABLE {schema}.calls (
+                user_id text COLLATE "C" NOT NULL,
+                conversation_id text COLLATE "C" NOT NULL,
+                ended_at timestamptz NOT NULL,
+                record jsonb NOT NULL,
+                PRIMARY KEY (user_id, conversation_id)
+            )""",
+            "CREATE INDEX IF NOT EXISTS calls_latest ON {schema}.calls (user_id, ended_at DESC)",
+            "CREATE INDEX IF NOT EXISTS calls_ended_at ON {schema}.calls (ended_at)",
+        ),
+    ),
 )
 
 check_sequence(MIGRATIONS)
