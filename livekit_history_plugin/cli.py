@@ -44,6 +44,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 from typer.core import TyperGroup
 
+from .history.calls import CallRecord
 from .history.models import ConversationInfo, Fact, Ident, Role, StoreStats, Summary, Turn
 from .history.stores import DEFAULT_URL, ENV_VAR, HistoryStore, open_store
 from .history.stores.base import (
@@ -797,6 +798,12 @@ class ReadOnlyStore(HistoryStore):
     async def delete_user(self, user_id: str) -> int:
         raise StoreError(f"{self.url}: a preview does not write", store=self.url, op="delete")
 
+    async def load_calls(self, user_id: str, limit: int) -> list[CallRecord]:
+        return await self._read(self.inner.load_calls(user_id, limit))
+
+    async def record_call(self, record: CallRecord) -> None:
+        raise StoreError(f"{self.url}: a preview does not write", store=self.url, op="record_call")
+
     async def purge_older_than(
         self,
         age: timedelta,
@@ -1145,6 +1152,128 @@ def stats(
     for name, value in result.model_dump().items():
         table.add_row(name.replace("_", " "), f"{value:,}")
     settings.out.print(table)
+
+
+# -- trace ---------------------------------------------------------------------------------
+
+
+_TRACE_DEFAULT_LIMIT = 10
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
+def _loaded_cell(record: CallRecord) -> str:
+    loaded = record.loaded
+    if loaded is None:
+        return "-"
+    if loaded.failed:
+        return f"store failed ({loaded.store}): started without history"
+    summary = " + summary" if loaded.summary_used else ""
+    return (
+        f"{loaded.mode}: {_plural(loaded.turns, 'turn')}{summary}\n"
+        f"{loaded.tokens:,}/{loaded.budget:,} tokens, {_ms(loaded.duration_s)}"
+    )
+
+
+def _replayed_cell(record: CallRecord) -> str:
+    first = record.history_replay
+    if first is None:
+        return "-"
+    lines = [f"{first.items_sent} sent, {first.confirmed} confirmed, {len(first.rejected)} rejected"]
+    if first.rejected:
+        lines.append(
+            "rejected: " + ", ".join(f"{r.item_id} {r.code}" for r in first.rejected[:3])
+            + (", ..." if len(first.rejected) > 3 else "")
+        )
+    lines.append(
+        f"ack p50 {_ms(first.ack_latency_p50_s)}, max {_ms(first.ack_latency_max_s)}, "
+        f"{first.resends} resends"
+    )
+    if record.replays > 1:
+        later = record.items_rejected - len(first.rejected)
+        lines.append(f"+{record.replays - 1} later updates ({later} rejected)")
+    return "\n".join(lines)
+
+
+def _gate_cell(record: CallRecord) -> str:
+    if record.audio_gate_held_s is None:
+        return "-"
+    reason = f" ({record.audio_gate_reason})" if record.audio_gate_reason == "timeout" else ""
+    return (
+        f"{record.audio_gate_held_s:.2f} s{reason}\n{_plural(record.audio_frames_held, 'frame')}"
+    )
+
+
+def _recorded_cell(record: CallRecord) -> str:
+    parts = [_plural(record.turns_recorded, "turn")]
+    if record.turns_dropped:
+        parts.append(f"{record.turns_dropped} dropped")
+    if record.write_retries:
+        n = record.write_retries
+        parts.append(f"{n:,} write {'retry' if n == 1 else 'retries'}")
+    return ", ".join(parts)
+
+
+def trace_table(user_id: str, records: Sequence[CallRecord]) -> Table:
+    """The last calls of a user: what was loaded, replayed, held and recorded."""
+    table = Table(
+        title=f"Last {_plural(len(records), 'call')} of {escape(user_id)} (newest first)",
+        title_justify="left",
+        show_lines=True,
+    )
+    table.add_column("ended (UTC)", no_wrap=True, style="dim")
+    table.add_column("call", overflow="fold")
+    table.add_column("loaded", overflow="fold")
+    table.add_column("replayed (first update)", overflow="fold")
+    table.add_column("audio held", no_wrap=True)
+    table.add_column("recorded", overflow="fold")
+    for r in records:
+        troubled = r.items_rejected or r.turns_dropped or (r.loaded is not None and r.loaded.failed)
+        table.add_row(
+            _fmt_time(r.ended_at),
+            escape(r.conversation_id),
+            escape(_loaded_cell(r)),
+            escape(_replayed_cell(r)),
+            escape(_gate_cell(r)),
+            escape(_recorded_cell(r)),
+            style="yellow" if troubled else None,
+        )
+    return table
+
+
+@app.command()
+def trace(
+    ctx: typer.Context,
+    user: Annotated[str, typer.Argument(metavar="USER", help="The caller's user id.")],
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, help="Show the newest N calls.")
+    ] = _TRACE_DEFAULT_LIMIT,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """What the last calls of a caller loaded, replayed and recorded (the call log)."""
+    settings = _settings(ctx)
+    user_id = _user(settings, user)
+
+    async def op(store: HistoryStore) -> list[CallRecord]:
+        records = await store.load_calls(user_id, limit)
+        if not records:
+            await require_user(store, user_id)
+        return records
+
+    records = run(settings, op)
+    if as_json:
+        data = {"user_id": user_id, "calls": [r.model_dump(mode="json") for r in records]}
+        sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+        return
+    if not records:
+        settings.out.print(
+            f"{user_id}: stored history but no call records (calls before the call log)",
+            markup=False,
+        )
+        return
+    settings.out.print(trace_table(user_id, records))
 
 
 # -- demo ------------------------------------------------------------------------------------------

@@ -494,3 +494,157 @@ def test_preview_folds_old_turns_into_the_summary_without_storing_it(cli: Any, d
     assert _run(stored_summary()) is None  # a preview writes nothing
     human = cli("preview", "long")
     assert "summary replayed, updated with 30 older turns" in human.stdout
+
+
+# -- bad input, data loss, usage errors (issue 14) ----------------------------------------
+
+
+@pytest.mark.parametrize("age", ["99999999999w", "200000000d", "99999999999999999999s"])
+def test_an_age_too_large_is_bad_input(cli: Any, db: str, age: str) -> None:
+    result = cli("purge", "--older-than", age, "--yes")
+    assert result.exit_code == ExitCode.USAGE, (result.exit_code, result.stderr)
+    assert "reaches back before year 1" in _one_error_line(result)
+    assert _run(_count(db, "ada")) == 8
+
+
+def test_a_purge_of_every_turn_asks_first(cli: Any, db: str) -> None:
+    declined = cli("purge", "--older-than", "0d", input="n\n")
+    assert declined.exit_code == ExitCode.USAGE, declined.stderr
+    assert "EVERY stored turn (11)" in declined.stderr and "nothing deleted" in declined.stderr
+    assert _run(_count(db, "ada")) == 8 and _run(_count(db, "bob")) == 3
+    confirmed = cli("purge", "--older-than", "0d", input="y\n")
+    assert confirmed.exit_code == 0, confirmed.stderr
+    assert "purged 11 turns older than 0d" in confirmed.stdout
+    assert _run(_count(db, "ada")) == 0 and _run(_count(db, "bob")) == 0
+
+
+def test_a_purge_of_every_turn_with_yes_does_not_ask(cli: Any, db: str) -> None:
+    result = cli("purge", "--older-than", "0s", "--yes")
+    assert result.exit_code == 0, result.stderr
+    assert "purged 11 turns" in result.stdout and "EVERY" not in result.stderr
+    assert _run(_count(db, "bob")) == 0
+
+
+def test_a_purge_that_keeps_some_turns_does_not_ask(cli: Any, db: str) -> None:
+    result = cli("purge", "--older-than", "200d")  # only bob's 400-day-old call
+    assert result.exit_code == 0, result.stderr
+    assert "purged 2 turns older than 200d" in result.stdout
+    assert _run(_count(db, "bob")) == 1 and _run(_count(db, "ada")) == 8
+
+
+@pytest.mark.parametrize(("age", "doomed"), [("0d", 11), ("200d", 2), ("5000d", 0)])
+def test_purge_dry_run_deletes_nothing(cli: Any, db: str, age: str, doomed: int) -> None:
+    result = cli("purge", "--older-than", age, "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    noun = "turn" if doomed == 1 else "turns"
+    assert f"dry run: would purge {doomed} {noun} of 11 stored turns older than {age}" in (
+        result.stdout
+    )
+    assert "nothing deleted" in result.stdout
+    assert _run(_count(db, "ada")) == 8 and _run(_count(db, "bob")) == 3
+
+
+def test_export_does_not_replace_a_file_unless_forced(cli: Any, tmp_path: Path) -> None:
+    out = tmp_path / "ada.jsonl"
+    out.write_text("precious\n")
+    refused = cli("export", "ada", "--out", str(out))
+    assert refused.exit_code == ExitCode.USAGE
+    assert "exists: nothing written (pass --force" in _one_error_line(refused)
+    assert out.read_text() == "precious\n"
+    forced = cli("export", "ada", "--out", str(out), "--force")
+    assert forced.exit_code == 0, forced.stderr
+    assert len(out.read_text().splitlines()) == 10
+
+
+@pytest.mark.parametrize("command", [["stats"], ["show", "ada"], ["export", "ada"]])
+def test_read_commands_do_not_write_into_an_empty_file(
+    cli: Any, tmp_path: Path, command: list[str]
+) -> None:
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    result = cli(*command, store=f"sqlite:///{empty}")
+    assert result.exit_code == ExitCode.UNAVAILABLE
+    assert "is an empty file, not a history database; nothing written" in _one_error_line(result)
+    assert empty.stat().st_size == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db", "history.db"]
+
+
+def test_commands_do_not_write_into_a_foreign_database(cli: Any, tmp_path: Path) -> None:
+    foreign = tmp_path / "app.db"
+    db = sqlite3.connect(foreign)
+    db.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+    db.commit()
+    db.close()
+    before = foreign.read_bytes()
+    for command in (["stats"], ["purge", "--older-than", "1d", "--yes"]):
+        result = cli(*command, store=f"sqlite:///{foreign}")
+        assert result.exit_code == ExitCode.STORE_ERROR
+        assert "is not a livekit-history database" in _one_error_line(result)
+    assert foreign.read_bytes() == before
+
+
+def test_a_missing_file_is_not_created(cli: Any, tmp_path: Path) -> None:
+    missing = tmp_path / "typo.db"
+    result = cli("stats", store=f"sqlite:///{missing}")
+    assert result.exit_code == ExitCode.UNAVAILABLE
+    assert "no SQLite history database" in _one_error_line(result)
+    assert not missing.exists()
+
+
+def test_an_empty_store_option_is_an_error(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(Path(__file__).parent)  # a default store here would be found
+    for empty in ("", "  "):
+        result = cli("stats", store=empty)
+        assert result.exit_code == ExitCode.USAGE
+        assert "--store is empty" in _one_error_line(result)
+
+
+def test_a_mistyped_redis_parameter_is_bad_input(cli: Any) -> None:
+    result = cli("stats", store="redis://127.0.0.1:6379/0?typo_ttl=30d")
+    assert result.exit_code == ExitCode.USAGE
+    assert "unknown parameter 'typo_ttl'" in _one_error_line(result)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["no-such-command"], "No such command 'no-such-command'"),
+        (["preview", "ada", "--mode", "bogus"], "'bogus' is not one of"),
+        (["show"], "Missing argument 'USER'"),
+        (["purge"], "Missing option '--older-than'"),
+        (["--bogus-option", "stats"], "No such option: --bogus-option"),
+        (["show", "ada", "--limit", "-3"], "--limit"),
+    ],
+)
+def test_usage_errors_are_one_error_line(cli: Any, args: list[str], needle: str) -> None:
+    result = cli(*args)
+    assert result.exit_code == ExitCode.USAGE, result.output
+    line = _one_error_line(result)
+    assert needle in line and "--help" in line, line
+    assert not set("╭╰│─") & set(result.stderr)
+
+
+def test_usage_errors_through_main_are_one_line(capfd: pytest.CaptureFixture[str]) -> None:
+    assert main(["show"]) == ExitCode.USAGE
+    err = [ln for ln in capfd.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("error: Missing argument 'USER'"), err
+
+
+def test_unexpected_exceptions_are_reported_as_bugs_not_store_errors() -> None:
+    from livekit_history_plugin.cli import classify
+    from livekit_history_plugin.history.stores import StoreError, StoreUnavailableError
+
+    for bug in (TypeError("x() got an unexpected keyword"), KeyError("turns"), ZeroDivisionError()):
+        code, message = classify(bug)
+        assert code == ExitCode.BUG == 70
+        assert message.startswith("internal error (a bug in livekit-history, not a store problem)")
+        assert "--verbose" in message
+    assert classify(StoreError("s: corrupt", store="s", op="load"))[0] == ExitCode.STORE_ERROR
+    assert classify(StoreUnavailableError("s: down"))[0] == ExitCode.UNAVAILABLE
+    assert classify(ConnectionRefusedError())[0] == ExitCode.UNAVAILABLE
+    assert classify(ValueError("bad URL"))[0] == ExitCode.USAGE
+
+
+def test_help_documents_the_bug_exit_code(cli: Any) -> None:
+    out = cli("--help").stdout
+    assert any(ln.strip().startswith("70") and "internal error" in ln for ln in out.splitlines())

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 from livekit.agents import llm
 from pydantic import BaseModel, ConfigDict, Field
 
+from .. import telemetry
 from ..dialects import Dialect
 from ..log import logger
 from ..replay.driver import ReplayDriver
@@ -43,6 +44,7 @@ from ..replay.engine import (
     ReplayResult,
 )
 from ..replay.plan import UpdatePlan, plan_update
+from ..replay.report import ReplayReport, ReplayTimings
 
 _ATTR = "_lhp_adapter"
 # how many finished updates still absorb late answers (duplicate acks,
@@ -50,6 +52,8 @@ _ATTR = "_lhp_adapter"
 _FINISHED_KEPT = 4
 # a reconnect that keeps failing must not replay forever
 _MAX_REPLANS = 3
+# replay reports kept per session (`SessionAdapter.reports`), newest last
+_REPORTS_KEPT = 16
 
 
 # caller audio held while the history replays, at most; older frames go first
@@ -99,6 +103,9 @@ class SessionAdapter:
         self.options = options or ReplayOptions()
         self.dialect: Dialect = self.detect_dialect(session)
         self.last_result: ReplayResult | None = None
+        self.last_report: ReplayReport | None = None
+        self.reports: collections.deque[ReplayReport] = collections.deque(maxlen=_REPORTS_KEPT)
+        self._timings = ReplayTimings()
         self._driver: ReplayDriver | None = None
         self._plan: UpdatePlan | None = None
         self._finished: collections.deque[ReplayEngine] = collections.deque(maxlen=_FINISHED_KEPT)
@@ -168,8 +175,17 @@ class SessionAdapter:
             return
         self._gate_timer.cancel()
         self.session.push_audio = self._orig_push_audio
-        self.audio_gate.opened_after = time.monotonic() - self._gate_closed_at
+        self.audio_gate.opened_after = held_s = time.monotonic() - self._gate_closed_at
         self.audio_gate.reason = reason
+        telemetry.record_audio_gate(
+            held_s=held_s,
+            audio_held_s=self._held_seconds,
+            frames_held=len(held),
+            frames_dropped=self.audio_gate.frames_dropped,
+            reason=reason,
+            timeout=self.options.audio_gate_timeout,
+            start_ns=time.time_ns() - int(held_s * 1e9),
+        )
         if reason == "timeout":
             logger.warning(
                 "chat history not acknowledged within %.2fs; letting caller audio through",
@@ -233,6 +249,7 @@ class SessionAdapter:
             verify_timeout=self.options.verify_timeout,
         )
         self._plan = plan
+        self._timings = ReplayTimings()
         self._driver = ReplayDriver(engine, send=self._send, on_output=self._on_output)
         return self._driver
 
@@ -245,6 +262,7 @@ class SessionAdapter:
             self.session.off("openai_server_event_received", self._on_raw_event)
 
     def _send(self, event: dict[str, Any]) -> None:
+        self._timings.sent(event)
         if event["type"] == "conversation.item.retrieve" and not self._listening_raw:
             # livekit has no handler for `conversation.item.retrieved`; listen to
             # raw events only while an answer is due (a listener costs per event)
@@ -253,6 +271,7 @@ class SessionAdapter:
         self.session.send_event(event)
 
     def _on_output(self, out: Output) -> None:
+        self._timings.settled(out)
         if isinstance(out, ItemConfirmed):
             if out.how != "ack":
                 self._mirror_insert(out.previous_item_id, out.item_id)
@@ -289,15 +308,28 @@ class SessionAdapter:
             logger.debug("mirror insert of %s failed: %s", item_id, e)
 
     def _log_result(self, plan: UpdatePlan, result: ReplayResult) -> None:
-        logger.debug(
-            "chat context replayed",
+        """Report the update: `last_report` / `reports`, its `chat_ctx.replay`
+        span, one INFO line (each rejection was a WARNING already)."""
+        timings = self._timings
+        report = timings.report(result, dialect=self.dialect, dropped_by_sanitizer=plan.dropped)
+        self.last_report = report
+        self.reports.append(report)
+        telemetry.record_replay(report, start_ns=timings.start_ns)
+        logger.info(
+            "chat context replayed: %s",
+            report.summary(),
             extra={
-                "created": len(result.confirmed),
-                "rejected": len(result.rejected),
-                "deleted": len(result.deleted),
+                "confirmed": report.confirmed,
+                "rejected": len(report.rejected),
+                "rejected_codes": report.rejected_codes,
+                "deleted": report.deleted,
                 "dropped_by_sanitizer": plan.dropped,
-                "resends": result.resends,
-                "events_sent": result.events_sent,
+                "resends": report.resends,
+                "events_sent": report.events_sent,
+                "ack_latency_p50_s": report.ack_latency_p50_s,
+                "ack_latency_max_s": report.ack_latency_max_s,
+                "round_trips": report.round_trips,
+                "duration_s": report.duration_s,
             },
         )
 

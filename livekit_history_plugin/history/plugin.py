@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Literal
@@ -40,6 +41,7 @@ from .budget import (
     load_selection,
     select_history,
 )
+from .calls import LoadReport, report_load
 from .jobs import PostCallContext, PostCallJobs, SummaryStep
 from .models import Fact, Role, Summary, Turn
 from .recorder import DEFAULT_MAX_TURN_CHARS, DEFAULT_REORDER_WINDOW, Recorder
@@ -55,6 +57,8 @@ _SESSION_WATCHERS = "_lhp_history_session_watchers"
 # a catch-up summary job a load schedules starts this much later, so its work
 # does not compete with the starting call (connect, replay, first reply)
 _CATCH_UP_DELAY = 1.0
+# load reports waiting for the call's `attach` (a load without one must not pile up)
+_LOAD_REPORTS_KEPT = 1_024
 
 
 def _default_store_url() -> str:
@@ -168,6 +172,9 @@ class LoadedHistory(BaseModel):
     summary_pending: bool = Field(
         False, description="a summary job for this caller was queued or running at load"
     )
+    report: LoadReport | None = Field(
+        None, description="what this load did (what its `history.load` span shows)"
+    )
 
 
 class HistoryPlugin:
@@ -200,6 +207,7 @@ class HistoryPlugin:
         self.jobs.add_step("summary", self._summary)
         self._open_task: asyncio.Future[None] | None = None
         self._recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
+        self._load_reports: dict[str, LoadReport] = {}
         self._closed = False
 
     # -- store ------------------------------------------------------------------------
@@ -245,6 +253,7 @@ class HistoryPlugin:
         never raises for store trouble.
         """
         _check_user_id(user_id)
+        start_ns = time.time_ns()
         cfg = self.config
         # built in a background thread since the plugin was made: wait there, not on the loop
         await wait_ready()
@@ -303,6 +312,21 @@ class HistoryPlugin:
                 "summarized": summarized,
             },
         )
+        report = report_load(
+            store_url=self.store.url,
+            user_id=user_id,
+            mode=cfg.mode,
+            turns=selection.turns,
+            summary=selection.summary,
+            facts=len(facts),
+            tokens=rendered.history_tokens,
+            budget=budget,
+            summarized_turns=summarized,
+            failed=not loaded,
+            instructions=agent_instructions,
+            start_ns=start_ns,
+        )
+        self._keep_load_report(user_id, report)
         return LoadedHistory(
             user_id=user_id,
             mode=cfg.mode,
@@ -317,7 +341,15 @@ class HistoryPlugin:
             summarized_turns=summarized,
             summary_stale=stale,
             summary_pending=pending,
+            report=report,
         )
+
+    def _keep_load_report(self, user_id: str, report: LoadReport) -> None:
+        """Until the call's `attach` puts it in the call's record."""
+        self._load_reports.pop(user_id, None)
+        self._load_reports[user_id] = report
+        if len(self._load_reports) > _LOAD_REPORTS_KEPT:
+            del self._load_reports[next(iter(self._load_reports))]
 
     async def _summarize_now(self, user_id: str, budget: int) -> tuple[HistorySelection, int]:
         result = await self._summary.refresh(self.store, user_id, budget, save=False)
@@ -384,6 +416,7 @@ class HistoryPlugin:
             writer_max_buffer=cfg.writer_max_buffer,
             open_store=self.open,
         )
+        recorder.call_log.loaded = self._load_reports.pop(user_id, None)
         if realtime:
             recorder.add_close_hook(watch_sessions(model, recorder.watch_realtime_session))
         # close hooks run once the recorder's turns are flushed

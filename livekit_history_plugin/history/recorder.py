@@ -50,6 +50,7 @@ from pydantic import ValidationError
 
 from ..compat import adapter_of
 from ..log import logger
+from .calls import CallLog, finish_call
 from .models import Role, Source, Turn
 from .stores.base import HistoryStore
 from .writer import HistoryWriter
@@ -170,6 +171,8 @@ class Recorder:
         self._closing: asyncio.Future[None] | None = None
         self._close_hooks: list[Callable[[], None]] = []
         self._attached = True
+        # what this call loaded and replayed, for its record in the call log
+        self.call_log = CallLog()
 
         if open_store is not None:
             self._backlog = []
@@ -218,12 +221,14 @@ class Recorder:
     def watch_realtime_session(self, rt_session: Any) -> None:
         """Time turns by when their items appeared on this realtime session
         (needs the session to be wrapped: `compat.adapter_of`)."""
-        if adapter_of(rt_session) is None:
+        adapter = adapter_of(rt_session)
+        if adapter is None:
             logger.debug(
                 "realtime session %r is not wrapped; turns keep livekit's times", rt_session
             )
             return
         self._rt_sessions.append(weakref.ref(rt_session))
+        self.call_log.watch(adapter)
 
     @property
     def realtime_sessions(self) -> list[Any]:
@@ -546,6 +551,7 @@ class Recorder:
         await asyncio.shield(self._closing)
 
     async def _aclose(self, timeout: float) -> None:
+        closing_ns = time.time_ns()
         self._detach()
         self._release(force=True)
         deadline = time.monotonic() + timeout
@@ -561,6 +567,7 @@ class Recorder:
                 self.conversation_id,
             )
         await self.writer.aclose(max(0.0, deadline - time.monotonic()))
+        await finish_call(self, start_ns=closing_ns, timeout=deadline - time.monotonic())
         for hook in self._close_hooks:
             try:
                 hook()

@@ -86,6 +86,7 @@ class HistoryWriter:
         self._overflow_dropped: int | None = None  # set while an overflow episode lasts
         self._failing_since: float | None = None
         self._failed_attempts = 0
+        self._retries = 0  # failed append attempts over the writer's life
 
     # -- state --------------------------------------------------------------------
     @property
@@ -103,6 +104,11 @@ class HistoryWriter:
         """Turns that will never be written: rejected on overflow or after close,
         refused by the store as invalid, or abandoned by `aclose`."""
         return self._dropped
+
+    @property
+    def retries(self) -> int:
+        """Appends that failed and were tried again, over the writer's life."""
+        return self._retries
 
     @property
     def last_error(self) -> BaseException | None:
@@ -304,6 +310,7 @@ class HistoryWriter:
 
     async def _backoff(self, error: StoreError) -> None:
         self._failed_attempts += 1
+        self._retries += 1
         self._last_error = error
         if self._failing_since is None:
             self._failing_since = time.monotonic()

@@ -448,6 +448,21 @@ class RedisStore(HistoryStore):
         users = self._users_of(keys, ("order", "turns", "summary", "facts"))
         return sorted(set().union(*users.values()))
 
+    async def count_turns_older_than(
+        self, age: timedelta, *, now: datetime | None = None
+    ) -> int:
+        cutoff = f"({to_micros(purge_cutoff(age, now))}"
+
+        async def fn() -> int:
+            total = 0
+            async for key in self._client.scan_iter(
+                match=f"{_glob(self.prefix)}:order:*", count=_SCAN_COUNT
+            ):
+                total += int(await self._client.zcount(key, "-inf", cutoff))
+            return total
+
+        return await self._call("count_turns_older_than", fn)
+
     # -- deletion ---------------------------------------------------------------------
     async def delete_user(self, user_id: str) -> int:
         async def fn() -> int:
