@@ -10,6 +10,10 @@ Key layout (``P`` is the deployment prefix, ``?prefix=``, default
     P:turns:U         hash    idempotency_key -> turn JSON
     P:summary:U       string  summary JSON
     P:facts:U         hash    fact key -> fact JSON
+    P:calls:U         zset    the user's newest call records (at most
+                              calls.MAX_CALLS_PER_USER), score = ended_at µs,
+                              member = conversation_id
+    P:callrec:U       hash    conversation_id -> call record JSON
 
 Why a sorted set + hash rather than a stream: history is read as "latest N
 before T" in spoken order and must be deduplicated on a caller-chosen key and
@@ -40,6 +44,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from ...log import logger
+from ..calls import MAX_CALLS_PER_USER, CallRecord, call_from_json
 from ..models import (
     ConversationInfo,
     Fact,
@@ -130,6 +135,34 @@ for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   if not seen[c] then seen[c] = true; n = n + 1 end
 end
 return {redis.call('ZCARD', KEYS[1]), n}
+"""
+
+# KEYS: calls, callrec   ARGV: ttl_ms, max kept, conversation_id, score, json
+_RECORD_CALL_LUA = """
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[5])
+local extra = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[2])
+if extra > 0 then
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, extra - 1)) do
+    redis.call('HDEL', KEYS[2], m)
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, extra - 1)
+end
+local ttl = tonumber(ARGV[1])
+if ttl > 0 then
+  for k = 1, #KEYS do redis.call('PEXPIRE', KEYS[k], ttl) end
+end
+return 0
+"""
+
+# KEYS: calls, callrec   ARGV: cutoff ('(us') -> how many removed
+_PURGE_CALLS_LUA = """
+local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+for _, m in ipairs(members) do
+  redis.call('HDEL', KEYS[2], m)
+  redis.call('ZREM', KEYS[1], m)
+end
+return #members
 """
 
 # KEYS: every key of the user   ARGV: ttl_ms
@@ -253,7 +286,8 @@ class RedisStore(HistoryStore):
 
     def user_keys(self, user_id: str) -> list[str]:
         """Every key that can hold data of the user."""
-        return [self.key(k, user_id) for k in ("order", "turns", "summary", "facts")]
+        kinds = ("order", "turns", "summary", "facts", "calls", "callrec")
+        return [self.key(k, user_id) for k in kinds]
 
     # -- lifecycle ----------------------------------------------------------------
     async def open(self) -> None:
@@ -280,6 +314,8 @@ class RedisStore(HistoryStore):
                     ("purge", _PURGE_LUA),
                     ("count", _COUNT_LUA),
                     ("touch", _TOUCH_LUA),
+                    ("record_call", _RECORD_CALL_LUA),
+                    ("purge_calls", _PURGE_CALLS_LUA),
                 )
             }
             try:
@@ -509,7 +545,17 @@ class RedisStore(HistoryStore):
                 if progress is not None:
                     progress(total)
                 if cursor == 0:
+                    await purge_calls()
                     return total
+
+        async def purge_calls() -> None:
+            calls_head = f"{self.prefix}:calls:".encode()
+            records_head = f"{self.prefix}:callrec:".encode()
+            async for key in self._client.scan_iter(
+                match=f"{_glob(self.prefix)}:calls:*", count=_SCAN_COUNT
+            ):
+                keys = [key, records_head + key[len(calls_head) :]]
+                await self._scripts["purge_calls"](keys=keys, args=[cutoff])
 
         return await self._call("purge_older_than", walk)
 
@@ -580,6 +626,46 @@ class RedisStore(HistoryStore):
             "delete_fact", lambda: self._client.hdel(self.key("facts", user_id), key)
         )
         return int(n) > 0
+
+    # -- call log -----------------------------------------------------------------------
+    async def record_call(self, record: CallRecord) -> None:
+        keys = [self.key("calls", record.user_id), self.key("callrec", record.user_id)]
+        args = [
+            self._ttl_ms,
+            MAX_CALLS_PER_USER,
+            record.conversation_id,
+            to_micros(record.ended_at),
+            record.model_dump_json(),
+        ]
+
+        async def fn() -> None:
+            await self._scripts["record_call"](keys=keys, args=args)
+
+        await self._call("record_call", fn)
+
+    async def load_calls(self, user_id: str, limit: int) -> list[CallRecord]:
+        check_limit(limit)
+        if limit == 0:
+            return []
+        order, records = self.key("calls", user_id), self.key("callrec", user_id)
+
+        async def fn() -> list[tuple[bytes, bytes | None]]:
+            members = await self._client.zrevrange(order, 0, limit - 1)
+            if not members:
+                return []
+            raws = await self._client.hmget(records, members)
+            return list(zip(members, raws, strict=True))
+
+        out: list[CallRecord] = []
+        for member, raw in await self._call("load_calls", fn):
+            where = f"{self.url} {records} field={member!r}"
+            if raw is None:
+                logger.warning("skipping call record %s: no data for this entry", where)
+                continue
+            record = call_from_json(raw, where=where, user_id=user_id)
+            if record is not None:
+                out.append(record)
+        return out
 
     async def stats(self) -> StoreStats:
         async def fn() -> StoreStats:
