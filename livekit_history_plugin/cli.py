@@ -75,6 +75,7 @@ class ExitCode(IntEnum):
     UNAVAILABLE = 3  # the store cannot be reached: server down, timeout, missing SQLite file
     STORE_ERROR = 4  # the store answered but failed: schema too new, corrupt file, no driver
     DEMO_FAILED = 5  # the offline demo ran but one of its checks did not hold
+    BUG = 70  # an unexpected exception: a bug in livekit-history, not a store problem (EX_SOFTWARE)
     INTERRUPTED = 130  # Ctrl-C
 
 
@@ -85,6 +86,7 @@ EXIT_CODES: dict[ExitCode, str] = {
     ExitCode.UNAVAILABLE: "store unreachable (server down, timeout, SQLite file missing, locked)",
     ExitCode.STORE_ERROR: "store error (schema too new, corrupt database, driver not installed)",
     ExitCode.DEMO_FAILED: "demo: a check of the offline demo failed",
+    ExitCode.BUG: "internal error: a bug in livekit-history (rerun with --verbose, report it)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
@@ -144,24 +146,53 @@ def _usage_error_type() -> type[Exception]:
 _UsageError = _usage_error_type()
 
 
+def _no_args_help_type() -> tuple[type[Exception], ...]:
+    # click >= 8.2 raises this (a UsageError) to print the help of a bare command
+    module = importlib.import_module(_UsageError.__module__)
+    cls = getattr(module, "NoArgsIsHelpError", None)
+    return (cls,) if isinstance(cls, type) else ()
+
+
+_NoArgsIsHelp = _no_args_help_type()
+
+
+def usage_error_line(error: Exception) -> str:
+    """A click usage error as the CLI's one `error:` line, naming the --help to read."""
+    format_message = getattr(error, "format_message", None)
+    text = format_message() if callable(format_message) else str(error)
+    message = " ".join(text.split()) or "bad usage"
+    ctx = getattr(error, "ctx", None)
+    path = getattr(ctx, "command_path", None) or "livekit-history"
+    return f"error: {message} (see '{path} --help')"
+
+
+def _usage_exit(error: Exception) -> typer.Exit:
+    """Usage errors exit 1 (click's default is 2, which here means "not found"),
+    as one line, not click's or rich's multi-line box."""
+    _console(stderr=True).print(usage_error_line(error), style="red", markup=False, soft_wrap=True)
+    return typer.Exit(int(ExitCode.USAGE))
+
+
 class _Group(TyperGroup):
-    """Usage errors exit 1 (click's default is 2, which here means "not found")."""
+    """Usage errors are one `error:` line and exit 1."""
 
     def make_context(
         self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any
     ) -> Any:
         try:
             return super().make_context(info_name, args, parent, **extra)
-        except _UsageError as e:
-            e.exit_code = int(ExitCode.USAGE)  # type: ignore[attr-defined]
+        except _NoArgsIsHelp:
             raise
+        except _UsageError as e:
+            raise _usage_exit(e) from None
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except _UsageError as e:
-            e.exit_code = int(ExitCode.USAGE)  # type: ignore[attr-defined]
+        except _NoArgsIsHelp:
             raise
+        except _UsageError as e:
+            raise _usage_exit(e) from None
         except KeyboardInterrupt:
             _console(stderr=True).print("interrupted", style="red", markup=False)
             raise typer.Exit(ExitCode.INTERRUPTED) from None
@@ -252,12 +283,17 @@ def _root(
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
-    ctx.obj = Settings(
-        store_url=store.strip() or DEFAULT_URL,
-        timeout=timeout,
-        verbose=verbose,
-        progress=progress,
-    )
+    settings = Settings(store_url=store.strip(), timeout=timeout, verbose=verbose, progress=progress)
+    if not settings.store_url:  # an empty --store is a mistake, not a wish for the default
+        raise fail(
+            settings,
+            CliError(
+                f"--store is empty: give a store URL, or leave --store out to use "
+                f"{ENV_VAR} or {DEFAULT_URL}",
+                ExitCode.USAGE,
+            ),
+        )
+    ctx.obj = settings
 
 
 # -- running a store operation -----------------------------------------------------------
@@ -282,16 +318,47 @@ def _logging(settings: Settings) -> Iterator[None]:
 
 
 def _check_sqlite_file(store: HistoryStore) -> None:
-    # opening a missing file would silently create an empty database: a typo in
-    # the path must not look like "no such user"
+    """Opening a file that is not yet a history database would write the schema
+    into it: a typo in the path would create a file and look like "no such
+    user", a 0-byte or foreign file would be changed. The CLI only opens files
+    that already hold a history database."""
     from .history.stores.sqlite import SqliteStore
 
-    if isinstance(store, SqliteStore) and not store.memory and not Path(store.path).is_file():
+    if not isinstance(store, SqliteStore) or store.memory:
+        return
+    path = Path(store.path)
+    hint = f"check --store / {ENV_VAR}; current directory {os.getcwd()!r}"
+    if not path.is_file():
+        raise CliError(f"no SQLite history database at {store.path!r} ({hint})", ExitCode.UNAVAILABLE)
+    if path.stat().st_size == 0:
         raise CliError(
-            f"no SQLite history database at {store.path!r} "
-            f"(check --store / {ENV_VAR}; current directory {os.getcwd()!r})",
+            f"{store.path!r} is an empty file, not a history database; nothing written ({hint})",
             ExitCode.UNAVAILABLE,
         )
+    if not _has_history_schema(path):
+        raise CliError(
+            f"{store.path!r} is not a livekit-history database (no schema_version table); "
+            "nothing written",
+            ExitCode.STORE_ERROR,
+        )
+
+
+def _has_history_schema(path: Path) -> bool:
+    """Whether the file has the stores' `schema_version` table; read-only, writes nothing.
+    A file SQLite cannot read this way is left for the store to report."""
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return True
+    try:
+        row = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        ).fetchone()
+    except sqlite3.DatabaseError:
+        return True  # not a database at all: the store's open reports it as corrupt
+    finally:
+        db.close()
+    return row is not None
 
 
 @asynccontextmanager
@@ -335,7 +402,11 @@ def classify(exc: BaseException) -> tuple[ExitCode, str]:
         return ExitCode.USAGE, str(exc).strip().splitlines()[0] if str(exc).strip() else "bad input"
     if isinstance(exc, OSError):
         return ExitCode.UNAVAILABLE, f"store unreachable: {_one_line(exc)}"
-    return ExitCode.STORE_ERROR, f"unexpected error: {_one_line(exc)}"
+    # not a store error (stores wrap every driver failure in StoreError): a bug of ours
+    return ExitCode.BUG, (
+        f"internal error (a bug in livekit-history, not a store problem): {_one_line(exc)}; "
+        "rerun with --verbose for the traceback and report it"
+    )
 
 
 def _one_line(exc: BaseException) -> str:
@@ -605,12 +676,26 @@ def export(
             metavar="FILE",
         ),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", "-f", help="Replace FILE if it exists.")
+    ] = False,
 ) -> None:
     """Export everything stored for a caller as JSON lines (turns, summary, facts)."""
     settings = _settings(ctx)
     user_id = _user(settings, user)
-    if out is not None and out != Path("-") and not out.parent.is_dir():
-        raise fail(settings, CliError(f"no such directory: {str(out.parent)!r}", ExitCode.USAGE))
+    if out is not None and out != Path("-"):
+        if not out.parent.is_dir():
+            raise fail(
+                settings, CliError(f"no such directory: {str(out.parent)!r}", ExitCode.USAGE)
+            )
+        if out.exists() and not force:
+            raise fail(
+                settings,
+                CliError(
+                    f"{str(out)!r} exists: nothing written (pass --force to replace it)",
+                    ExitCode.USAGE,
+                ),
+            )
 
     async def op(store: HistoryStore) -> tuple[UserRecord, list[Turn]]:
         record = await require_user(store, user_id)
@@ -1060,19 +1145,7 @@ def delete(
         f"and {_plural(len(record.facts), 'fact')} of {user_id!r}"
     )
     if not yes:
-        try:
-            confirmed = typer.confirm(
-                f"Delete {what} from {redact_url(settings.store_url)}?", default=False, err=True
-            )
-        except typer.Abort:
-            confirmed = False
-        if not sys.stdin.isatty():
-            settings.err.print()  # a piped answer is not echoed: end the prompt's line
-        if not confirmed:
-            raise fail(
-                settings,
-                CliError("not confirmed: nothing deleted (pass --yes in scripts)", ExitCode.USAGE),
-            )
+        _confirm(settings, f"Delete {what} from {redact_url(settings.store_url)}?")
     deleted = run(settings, lambda store: store.delete_user(user_id))
     settings.out.print(
         f"deleted {_plural(deleted, 'turn')}, {'the summary' if record.summary else 'no summary'} "
@@ -1082,12 +1155,34 @@ def delete(
     )
 
 
-def parse_age(value: str) -> timedelta:
-    """'30d', '12h', '90m', '45s' or '2w' -> timedelta."""
+def _confirm(settings: Settings, question: str) -> None:
+    """Ask on stderr; anything but yes (or no terminal answer) exits 1, nothing deleted."""
+    try:
+        confirmed = typer.confirm(question, default=False, err=True)
+    except typer.Abort:
+        confirmed = False
+    if not sys.stdin.isatty():
+        settings.err.print()  # a piped answer is not echoed: end the prompt's line
+    if not confirmed:
+        raise fail(
+            settings,
+            CliError("not confirmed: nothing deleted (pass --yes in scripts)", ExitCode.USAGE),
+        )
+
+
+def parse_age(value: str, now: datetime | None = None) -> timedelta:
+    """'30d', '12h', '90m', '45s' or '2w' -> timedelta; an age reaching back
+    before year 1 (from `now`) is refused, not an OverflowError."""
     m = _AGE_RE.fullmatch(value)
     if m is None:
         raise typer.BadParameter(f"{value!r} is not an age: use a number and s/m/h/d/w, e.g. 30d")
-    return timedelta(seconds=int(m.group(1)) * _AGE_UNITS[m.group(2).lower()])
+    too_old = typer.BadParameter(f"{value.strip()!r} reaches back before year 1: use a smaller age")
+    try:
+        age = timedelta(seconds=int(m.group(1)) * _AGE_UNITS[m.group(2).lower()])
+        (now or datetime.now(timezone.utc)) - age  # noqa: B018 - raises OverflowError
+    except OverflowError:
+        raise too_old from None
+    return age
 
 
 @app.command()
@@ -1101,16 +1196,42 @@ def purge(
             help="Delete turns older than AGE (e.g. 30d, 12h, 2w), for every user.",
         ),
     ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", "-n", help="Print what would be deleted; delete nothing.")
+    ] = False,
+    yes: Annotated[
+        bool,
+        typer.Option("--yes", "-y", help="Do not ask, even when every stored turn would go."),
+    ] = False,
 ) -> None:
-    """Delete old turns of every caller; summaries and facts are kept."""
+    """Delete old turns of every caller; summaries and facts are kept. A purge that
+    would delete every stored turn asks first."""
     settings = _settings(ctx)
+    now = datetime.now(timezone.utc)
     try:
-        age = parse_age(older_than)
+        age = parse_age(older_than, now)
     except typer.BadParameter as e:
         raise fail(
             settings, CliError(f"invalid --older-than: {e.message}", ExitCode.USAGE)
         ) from None
-    now = datetime.now(timezone.utc)
+    cutoff = f"older than {older_than.strip()} (before {_fmt_time(now - age)} UTC)"
+    where = redact_url(settings.store_url)
+
+    async def count(store: HistoryStore) -> tuple[int, int]:
+        return await store.count_turns_older_than(age, now=now), (await store.stats()).turns
+
+    if dry_run or not yes:
+        doomed, stored = run(settings, count)
+        if dry_run:
+            settings.out.print(
+                f"dry run: would purge {_plural(doomed, 'turn')} of {_plural(stored, 'stored turn')} "
+                f"{cutoff} from {where}; nothing deleted",
+                markup=False,
+                soft_wrap=True,
+            )
+            return
+        if doomed and doomed >= stored:
+            _confirm(settings, f"Purge deletes EVERY stored turn ({doomed:,}) of {where}. Go on?")
 
     async def op(store: HistoryStore) -> int:
         with _progress(settings, settings.show_progress) as progress:
@@ -1123,8 +1244,7 @@ def purge(
 
     deleted = run(settings, op)
     settings.out.print(
-        f"purged {_plural(deleted, 'turn')} older than {older_than.strip()} (before {_fmt_time(now - age)} UTC) "
-        f"from {redact_url(settings.store_url)}; summaries and facts kept",
+        f"purged {_plural(deleted, 'turn')} {cutoff} from {where}; summaries and facts kept",
         markup=False,
         soft_wrap=True,
     )
