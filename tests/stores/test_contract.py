@@ -499,7 +499,7 @@ async def test_hostile_sqlite_rows(
         await b.raw_turn("u1", seq=1, created_at=2**62)  # type: ignore[arg-type]
         await b.raw_turn("u1", seq=-3, created_at=at(2))
         db = b.connect()  # type: ignore[attr-defined]
-        db.execute("INSERT INTO facts VALUES ('u1', 'empty', '', 0)")
+        db.execute("INSERT INTO facts (user_id, key, text, created_at) VALUES ('u1', 'empty', '', 0)")
         db.execute("INSERT INTO summaries VALUES ('u1', 's', 0, -5, 0, 'x')")
         db.close()
         assert [t.seq for t in await store.load_latest("u1", 10)] == [0]
@@ -519,7 +519,8 @@ async def test_hostile_postgres_rows(pg_backend: Backend, caplog: pytest.LogCapt
         s = b.schema  # type: ignore[attr-defined]
         await b.run(
             lambda c: c.execute(
-                f"INSERT INTO \"{s}\".facts VALUES ('u1', 'empty', '', now());"
+                f"INSERT INTO \"{s}\".facts (user_id, key, text, created_at) "
+                "VALUES ('u1', 'empty', '', now());"
                 f"INSERT INTO \"{s}\".summaries VALUES ('u1', 's', now(), -5, now(), 'x')"
             )
         )

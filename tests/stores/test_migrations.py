@@ -20,6 +20,9 @@ from livekit_history_plugin.history.stores.redis import LAYOUT_VERSION
 
 from .helpers import T0, PostgresBackend, RedisBackend, SqliteBackend, turn
 
+SQLITE_ALL = [m.version for m in sqlite_migrations.MIGRATIONS]
+PG_ALL = [m.version for m in pg_migrations.MIGRATIONS]
+
 # -- SQLite ----------------------------------------------------------------------------------
 
 
@@ -79,7 +82,7 @@ async def test_sqlite_upgrade_from_v1_keeps_rows(tmp_path: Path) -> None:
         )
     ]
     assert got[0].interrupted is False
-    assert sqlite_versions(path) == [1, 2]
+    assert sqlite_versions(path) == SQLITE_ALL
     assert "turns_latest" in sqlite_indexes(path)
 
 
@@ -101,7 +104,7 @@ async def test_sqlite_concurrent_openers_migrate_once(tmp_path: Path) -> None:
     await asyncio.gather(*(s.open() for s in stores))
     for s in stores:
         await s.close()
-    assert sqlite_versions(path) == [1, 2]
+    assert sqlite_versions(path) == SQLITE_ALL
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------
@@ -151,7 +154,7 @@ async def test_pg_upgrade_from_v1_keeps_rows(pg_backend: PostgresBackend) -> Non
     async with b.store() as store:
         got = await store.load_latest("u1", 10)
     assert [(t.text, t.interrupted, t.created_at) for t in got] == [("from v1", False, T0)]
-    assert await pg_versions(b) == [1, 2]
+    assert await pg_versions(b) == PG_ALL
     assert "turns_latest" in await pg_indexes(b)
 
 
@@ -210,7 +213,7 @@ async def test_pg_concurrent_migrations_are_serialized(pg_backend: PostgresBacke
             await s.close()
     finally:
         await holder.close()
-    assert await pg_versions(b) == [1, 2]
+    assert await pg_versions(b) == PG_ALL
 
 
 async def test_pg_many_workers_opening_at_once(pg_backend: PostgresBackend) -> None:
@@ -220,7 +223,7 @@ async def test_pg_many_workers_opening_at_once(pg_backend: PostgresBackend) -> N
     assert await stores[0].count_turns("u1") == 4
     for s in stores:
         await s.close()
-    assert await pg_versions(pg_backend) == [1, 2]
+    assert await pg_versions(pg_backend) == PG_ALL
 
 
 # -- Redis ------------------------------------------------------------------------------------

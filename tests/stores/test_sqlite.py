@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from livekit_history_plugin.history.stores import StoreError, StoreUnavailableError, open_store
+from livekit_history_plugin.history.stores.migrations.sqlite import MIGRATIONS
 from livekit_history_plugin.history.stores.sqlite import (
     LATEST_BEFORE_SQL,
     LATEST_SQL,
@@ -46,7 +47,8 @@ async def test_file_is_wal_with_schema(tmp_path: Path) -> None:
         await s.append([turn()])
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY 1")] == [1, 2]
+    versions = [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY 1")]
+    assert versions == [m.version for m in MIGRATIONS]
     db.close()
 
 

@@ -306,9 +306,9 @@ class SqliteStore(HistoryStore):
             return 0
 
         def body(db: sqlite3.Connection) -> int:
-            before = db.total_changes
-            db.executemany(_INSERT_TURN, rows)
-            return db.total_changes - before
+            # rowcount (sqlite3_changes) counts the rows of the statement itself;
+            # total_changes would also count the full-text index's trigger writes
+            return int(db.executemany(_INSERT_TURN, rows).rowcount)
 
         return await self._write("append", body)
 
