@@ -11,7 +11,7 @@ Example::
         assert emu.last_session.texts() == [("user", "hello"), ...]
 """
 from .. import _plugin  # noqa: F401  (registers with livekit)
-from ._faults import AckMatch, FaultConfig, ItemMatch, RejectRule, item_text
+from ._faults import AckMatch, DuplicateIds, FaultConfig, ItemMatch, RejectRule, item_text
 from .emulator import (
     ConversationView,
     EmulatorSession,
@@ -21,7 +21,9 @@ from .emulator import (
     ResponseRecord,
     SdkValidationFailure,
     SentEvent,
+    client_events_of,
     default_reply,
+    duplicate_ids_of,
     reply_with_tool,
 )
 from .validate import (
@@ -38,6 +40,7 @@ __all__ = [
     "AckMatch",
     "ConversationView",
     "Dialect",
+    "DuplicateIds",
     "EmulatorSession",
     "FaultConfig",
     "FunctionCallReply",
@@ -49,7 +52,9 @@ __all__ = [
     "ResponseRecord",
     "SdkValidationFailure",
     "SentEvent",
+    "client_events_of",
     "default_reply",
+    "duplicate_ids_of",
     "item_text",
     "provider_event_error",
     "provider_item_error",

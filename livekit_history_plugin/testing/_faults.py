@@ -8,11 +8,14 @@ every client event, so a test can change it at any time.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["AckMatch", "FaultConfig", "ItemMatch", "RejectRule", "item_text"]
+__all__ = ["AckMatch", "DuplicateIds", "FaultConfig", "ItemMatch", "RejectRule", "item_text"]
+
+DuplicateIds = Literal["reject", "ignore", "append"]
+"""What a ``conversation.item.create`` with an id already in the conversation gets."""
 
 ItemMatch = Callable[[dict[str, Any], dict[str, Any]], bool]
 """``(item, client_event) -> bool`` for a ``conversation.item.create``."""
@@ -91,8 +94,31 @@ class FaultConfig(BaseModel):
     ack_delay: float = Field(default=0.0, ge=0)
     """Seconds each ack is sent late; other events overtake it."""
 
-    error_event_ids: bool = True
-    """False: errors carry ``error.event_id: null`` (the rejection itself still happens)."""
+    error_event_ids: bool | None = None
+    """None: as the real servers (``server_error`` and ``invalid_tool_call_id`` carry
+    ``error.event_id: null``, the others echo the client's); True: every error echoes it
+    (the old optimistic shape); False: none does (the rejection itself still happens)."""
+
+    duplicate_ids: DuplicateIds | None = None
+    """A create whose id exists: "reject" (``item_create_duplicate_item_id``), "ignore"
+    or "append" (acked with ``previous_item_id`` == its own id; "append" adds a second
+    copy). None: per model (see ``RealtimeEmulator``)."""
+
+    stale_anchors: bool = False
+    """Acks of appended items name the tail item deleted within ``stale_anchor_s`` as
+    their ``previous_item_id`` (OpenAI does, about 400 ms after a delete: livekit/agents
+    PR #6964); the item itself still lands at the tail."""
+
+    stale_anchor_s: float = Field(default=0.4, ge=0)
+
+    rate_limited_responses: int = Field(default=0, ge=0)
+    """The next this-many ``response.create`` fail as rate-limited: ``response.done`` with
+    status failed, then ``rate_limits.updated`` with nothing remaining (livekit/agents
+    PR #2967; swigerb/SonicAIDriveThru docs/rate_limit_recovery.md)."""
+
+    refuse_any_voice_after_audio: bool = False
+    """Refuse a ``session.update`` naming any voice (changed or not) once assistant audio
+    exists. The real rule (``cannot_update_voice``) is confirmed for a changed voice only."""
 
     disconnect_after: int | None = Field(default=None, ge=1)
     """Close the websocket once a session has received this many client events (once:

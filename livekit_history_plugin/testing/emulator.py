@@ -8,8 +8,13 @@ URL shapes (as built by livekit's ``process_base_url``):
 
 * ``/openai/realtime?api-version=...&deployment=...`` -- Azure legacy / preview: **beta**;
 * ``/openai/v1/realtime?model=...`` -- Azure GA: **ga**;
-* ``/v1/realtime?model=...`` (or ``/realtime``) -- OpenAI: **ga**, or **beta** when the
-  client sends ``OpenAI-Beta: realtime=v1``.
+* ``/v1/realtime?model=...`` (or ``/realtime``) -- OpenAI: **ga**. The retired beta shape
+  (``OpenAI-Beta: realtime=v1``) is refused as OpenAI refuses it since 2026-05-12, unless
+  the emulator is built with ``openai_beta=True``.
+
+It answers with the shapes the real servers send, per provider and api-version (each
+rule names its source; README "Real-server fidelity" lists them); the older, optimistic
+shapes are only behind explicit knobs (``FaultConfig``, ``openai_beta``).
 
 Everything the server does is recorded per connection (:class:`EmulatorSession`), and
 the emulator never sleeps per event: replies are queued with a due time (receive time +
@@ -35,15 +40,21 @@ from typing import Any, Literal
 
 from aiohttp import WSMsgType, web
 
+from ..dialects import supports_retrieve
 from ..log import logger
-from ._faults import FaultConfig, RejectRule
+from ._faults import DuplicateIds, FaultConfig, RejectRule
 from .validate import (
+    AZURE_2024_10_EVENTS,
+    AZURE_GA_EVENTS,
+    CLIENT_EVENT_TYPES,
+    OPENAI_GA_EVENTS,
     Dialect,
     ProviderError,
     invalid_type,
     provider_event_error,
     provider_item_error,
     sdk_event_error,
+    server_error,
 )
 
 __all__ = [
@@ -55,13 +66,46 @@ __all__ = [
     "ResponseRecord",
     "SdkValidationFailure",
     "SentEvent",
+    "client_events_of",
     "default_reply",
+    "duplicate_ids_of",
     "reply_with_tool",
 ]
 
 ReplyFn = Callable[["ConversationView"], "str | FunctionCallReply"]
 """A scripted model: the conversation it sees -> a text reply or a tool call."""
 ModelKind = Literal["azure", "azure-ga", "openai", "openai-beta"]
+Provider = Literal["openai", "azure"]
+
+# What a create with an existing id gets, per model family (README D4):
+# gpt-4o-realtime-preview acks and ignores it, gpt-realtime-1.5 acks it with
+# previous_item_id == its own id and appends a second copy (steelburn/speaches
+# tests/realtime/realtime_conversation_test.py, run against OpenAI; speaches commit
+# f9d0e6a); gpt-realtime-2.1 on Azure GA and OpenAI since Aug 2026 reject it
+# (swigerb/SonicAIDriveThru tests/conformance/README.md; livekit/agents PR #6964).
+_DUPLICATES_BY_MODEL: tuple[tuple[str, DuplicateIds], ...] = (
+    ("gpt-4o-realtime-preview", "ignore"),
+    ("gpt-4o-mini-realtime-preview", "ignore"),
+    ("gpt-realtime-1.5", "append"),
+)
+
+
+def duplicate_ids_of(model: str) -> DuplicateIds:
+    """How the real ``model`` answers a create whose id already exists."""
+    for prefix, mode in _DUPLICATES_BY_MODEL:
+        if model.startswith(prefix):
+            return mode
+    return "reject"
+
+
+def client_events_of(provider: Provider, dialect: Dialect, api_version: str | None) -> tuple[str, ...]:
+    """The client event types an endpoint accepts, in the order its error lists them."""
+    if dialect == "ga":
+        return OPENAI_GA_EVENTS if provider == "openai" else AZURE_GA_EVENTS
+    if provider == "azure" and not supports_retrieve(api_version):
+        return AZURE_2024_10_EVENTS
+    # later previews and OpenAI's retired beta: the beta SDK's event union
+    return CLIENT_EVENT_TYPES["beta"]
 
 SAMPLE_RATE = 24000
 _BYTES_PER_MS = SAMPLE_RATE * 2 // 1000  # pcm16 mono
@@ -335,9 +379,14 @@ class EmulatorSession:
         query: Mapping[str, str],
         headers: Mapping[str, str],
         model: str,
+        provider: Provider = "openai",
     ) -> None:
         self.emulator = emulator
         self.dialect: Dialect = dialect
+        self.provider: Provider = provider
+        self.api_version: str | None = query.get("api-version") or None
+        self.client_events = client_events_of(provider, dialect, self.api_version)
+        """Client event types this endpoint accepts (others get ``invalid_value``)."""
         self.id = _new_id("sess_")
         self.path = path
         self.query = dict(query)
@@ -358,6 +407,8 @@ class EmulatorSession:
         self.audio_appends = 0
         self.first_audio_at: float | None = None
         self.closed = False
+        self.assistant_audio = False
+        """Whether an assistant audio response exists (the voice is then frozen)."""
         self.session_config: dict[str, Any] = _default_session(dialect, self.id, model)
         self.conversation_id = _new_id("conv_")
 
@@ -375,12 +426,15 @@ class EmulatorSession:
         self._held_acks: list[list[dict[str, Any]]] = []
         self._reorder_timer: asyncio.TimerHandle | None = None
         self._held_response: _HeldResponse | None = None
+        # the tail item deleted last and when, for FaultConfig.stale_anchors
+        self._deleted_tail: tuple[str, float] | None = None
 
     # -- state -------------------------------------------------------------
 
     @property
     def items(self) -> list[dict[str, Any]]:
-        """The server conversation, in order (item dicts with ids)."""
+        """The server conversation, in order (item dicts with ids; a second copy of an
+        id, appended by a ``duplicate_ids="append"`` model, is listed twice)."""
         return [self._items[i] for i in self._order]
 
     @property
@@ -428,7 +482,10 @@ class EmulatorSession:
 
     def _error(self, err: ProviderError, client_event: Any) -> None:
         event_id = None
-        if self.emulator.faults.error_event_ids and isinstance(client_event, dict):
+        echo = self.emulator.faults.error_event_ids
+        if echo is None:
+            echo = err.echo_event_id
+        if echo and isinstance(client_event, dict):
             raw = client_event.get("event_id")
             event_id = raw if isinstance(raw, str) else None
         self._queue(
@@ -511,16 +568,10 @@ class EmulatorSession:
             event = json.loads(raw)
         except json.JSONDecodeError:
             self.received.append(ReceivedEvent(now, None, raw))
-            # Not documented for realtime; OpenAI's REST wording for an unparseable body.
+            # the realtime wording (2026-09-18 capture, index id 69522944037); the
+            # capture elides the sentence after the first one
             self._error(
-                ProviderError(
-                    "invalid_json",
-                    "We could not parse the JSON body of your request. (HINT: This likely means "
-                    "you aren't using your HTTP library correctly. The OpenAI API expects a JSON "
-                    "payload, but what was sent was not valid JSON. If you have trouble figuring "
-                    "out how to fix this, please contact us through our help center at "
-                    "help.openai.com.)",
-                ),
+                ProviderError("invalid_json", "Invalid event: failed to parse JSON value."),
                 None,
             )
             self._after_event()
@@ -530,14 +581,24 @@ class EmulatorSession:
             self._dispatch(event)
         except Exception:  # a bug in the emulator must not look like a protocol answer
             logger.exception("realtime emulator failed to handle a client event")
-            self._error(
-                ProviderError(
-                    "server_error",
-                    "The server had an error while processing your request.",
-                    type="server_error",
-                ),
-                event,
-            )
+            self._error(server_error(), event)
+        self._after_event()
+
+    def _on_binary(self, data: bytes) -> None:
+        if self.emulator.decode_binary_frames:
+            self._on_text(data.decode("utf-8", "replace"))
+            return
+        # real servers refuse binary frames (2026-09-18 capture, index id 69522944037)
+        loop = asyncio.get_running_loop()
+        self._base = loop.time() + self.emulator.faults.latency
+        self.received.append(ReceivedEvent(loop.time(), None, None))
+        self._error(
+            ProviderError(
+                "invalid_event",
+                "Expected a text WebSocket message; binary frames are not supported.",
+            ),
+            None,
+        )
         self._after_event()
 
     def _after_event(self) -> None:
@@ -548,7 +609,7 @@ class EmulatorSession:
         self.emulator._notify()
 
     def _dispatch(self, event: Any) -> None:
-        envelope = provider_event_error(event, self.dialect)
+        envelope = provider_event_error(event, self.dialect, self.client_events)
         if envelope is not None:
             self._error(envelope, event)
             return
@@ -593,10 +654,45 @@ class EmulatorSession:
         if not isinstance(update, dict):
             self._error(invalid_type("session", "an object", update), event)
             return
+        if self._voice_frozen(update):
+            # openai-agents-python#1661 / openai-python#2607; a refused update is
+            # discarded whole (2026-09-18 capture, probe 7d)
+            self._error(
+                ProviderError(
+                    "cannot_update_voice",
+                    "Cannot update a conversation's voice if assistant audio is present.",
+                ),
+                event,
+            )
+            return
         _merge(self.session_config, update)
         self.session_config["id"] = self.id
         self.session_config["object"] = "realtime.session"
         self._queue({"type": "session.updated", "session": _jsonable(self.session_config)})
+
+    def _voice_of(self, session: Mapping[str, Any]) -> Any:
+        if self.dialect == "beta":
+            return session.get("voice")
+        audio = session.get("audio")
+        output = audio.get("output") if isinstance(audio, Mapping) else None
+        return output.get("voice") if isinstance(output, Mapping) else None
+
+    def _voice_frozen(self, update: Mapping[str, Any]) -> bool:
+        voice = self._voice_of(update)
+        if voice is None or not self.assistant_audio:
+            return False
+        if self.emulator.faults.refuse_any_voice_after_audio:
+            return True
+        return bool(voice != self._voice_of(self.session_config))
+
+    def _on_session_close(self, event: dict[str, Any], sdk_error: ProviderError | None) -> None:
+        # listed by OpenAI GA and Azure GA; the server ends the session
+        self._close_requested = True
+
+    def _on_session_input_audio_buffer_append(
+        self, event: dict[str, Any], sdk_error: ProviderError | None
+    ) -> None:
+        self._on_input_audio_buffer_append(event, None)
 
     def _on_transcription_session_update(
         self, event: dict[str, Any], sdk_error: ProviderError | None
@@ -635,16 +731,55 @@ class EmulatorSession:
         return before
 
     def _remove(self, item_id: str) -> None:
-        item = self._items.pop(item_id)
-        if self._order and self._order[-1] == item_id:
+        was_tail = bool(self._order) and self._order[-1] == item_id
+        if was_tail:
             self._order.pop()
         else:
             self._order.remove(item_id)
+        if was_tail:
+            self._deleted_tail = (item_id, asyncio.get_running_loop().time())
+        if item_id in self._order:
+            return  # a second copy (duplicate_ids="append") is still there
+        item = self._items.pop(item_id)
         call_id = item.get("call_id")
         if item.get("type") == "function_call" and isinstance(call_id, str):
             self._call_ids[call_id] -= 1
             if self._call_ids[call_id] <= 0:
                 del self._call_ids[call_id]
+
+    def _stale_anchor(self, before: str | None) -> str | None:
+        faults = self.emulator.faults
+        deleted = self._deleted_tail
+        if not faults.stale_anchors or deleted is None:
+            return before
+        item_id, at = deleted
+        if asyncio.get_running_loop().time() - at > faults.stale_anchor_s:
+            return before
+        return item_id
+
+    @property
+    def duplicate_ids(self) -> DuplicateIds:
+        """What this session does with a create whose id exists."""
+        return self.emulator.faults.duplicate_ids or duplicate_ids_of(self.model)
+
+    def _duplicate_create(self, item: dict[str, Any], event: dict[str, Any]) -> None:
+        item_id = item["id"]
+        mode = self.duplicate_ids
+        if mode == "reject":
+            # live-verified wording (gpt-realtime GA), param null
+            self._error(
+                ProviderError(
+                    "item_create_duplicate_item_id",
+                    f"Error adding item: an item with id '{item_id}' already exists.",
+                ),
+                event,
+            )
+            return
+        stored = _stored_item(item, item_id)
+        if mode == "append":
+            self._order.append(item_id)  # a second copy at the end, same id
+        # acked either way, naming the item itself as its predecessor
+        self._ack(item_id, self._item_acks(stored, item_id), event["type"])
 
     def _item_acks(self, item: dict[str, Any], before: str | None) -> list[dict[str, Any]]:
         public = _public_item(item)
@@ -670,14 +805,7 @@ class EmulatorSession:
         assert isinstance(item, dict)
         item_id = item.get("id") or _new_id("item_")
         if item_id in self._items:
-            # live-verified wording (gpt-realtime GA), param null
-            self._error(
-                ProviderError(
-                    "item_create_duplicate_item_id",
-                    f"Error adding item: an item with id '{item_id}' already exists.",
-                ),
-                event,
-            )
+            self._duplicate_create({**item, "id": item_id}, event)
             return
         previous = event.get("previous_item_id")
         if previous == "":
@@ -693,13 +821,14 @@ class EmulatorSession:
             return
         call_id = item.get("call_id")
         if item["type"] == "function_call_output" and call_id not in self._call_ids:
-            # the server's sentence ("Tool call ID '...' not found in conversation.") as
-            # reported by users; code as seen in client code handling it
+            # livekit/agents#3344: this sentence, `param` null and `error.event_id` null
+            # although the client sent one
             self._error(
                 ProviderError(
                     "invalid_tool_call_id",
                     f"Tool call ID '{call_id}' not found in conversation.",
-                    "item.call_id",
+                    None,
+                    echo_event_id=False,
                 ),
                 event,
             )
@@ -708,6 +837,8 @@ class EmulatorSession:
             return
         stored = _stored_item(item, item_id)
         before = self._insert(stored, previous)
+        if previous is None:
+            before = self._stale_anchor(before)
         self._ack(item_id, self._item_acks(stored, before), event["type"])
 
     def _apply_reject_rules(self, item: dict[str, Any], event: dict[str, Any]) -> bool:
@@ -893,6 +1024,11 @@ class EmulatorSession:
         if not isinstance(params, dict):
             self._error(invalid_type("response", "an object", params), event)
             return
+        faults = self.emulator.faults
+        if faults.rate_limited_responses:
+            faults.rate_limited_responses -= 1
+            self._respond_rate_limited(event, params)
+            return
         self._respond(event, params)
 
     def _response_modalities(self, params: Mapping[str, Any]) -> list[str]:
@@ -1032,23 +1168,27 @@ class EmulatorSession:
         done_item: dict[str, Any],
         before: str | None,
     ) -> list[dict[str, Any]]:
-        """`response.output_item.done`, ga's `conversation.item.done`, `response.done`."""
-        events: list[dict[str, Any]] = [
+        """ga's `conversation.item.done`, `response.output_item.done`, `response.done`,
+        `rate_limits.updated`: the order of two recorded GA captures (2026-09-18, index
+        id 69522944037; C++ SIP bridge, index id 40270074935)."""
+        events: list[dict[str, Any]] = []
+        if not record.out_of_band and self.dialect != "beta":
+            events.append(
+                {"type": "conversation.item.done", "previous_item_id": before, "item": done_item}
+            )
+        events.append(
             {
                 "type": "response.output_item.done",
                 "response_id": record.id,
                 "output_index": 0,
                 "item": done_item,
             }
-        ]
-        if not record.out_of_band and self.dialect != "beta":
-            events.append(
-                {"type": "conversation.item.done", "previous_item_id": before, "item": done_item}
-            )
+        )
         final = self._response_object(record, params, "completed")
         final["output"] = [done_item]
         final["usage"] = _usage(record)
         events.append({"type": "response.done", "response": final})
+        events.append(_rate_limits(remaining=True))
         return events
 
     def _response_events(
@@ -1148,6 +1288,8 @@ class EmulatorSession:
         if held.item is not None:
             self._insert(held.item, None)
         held.record.status = "completed"
+        if held.record.audio and held.record.function_call is None:
+            self.assistant_audio = True
         for e in held.events:
             self._queue(e)
 
@@ -1159,6 +1301,36 @@ class EmulatorSession:
             "error": {"type": "server_error", "code": None},
         }
         self._queue({"type": "response.done", "response": final})
+        self._queue(_rate_limits(remaining=True))
+
+    def _respond_rate_limited(self, event: dict[str, Any], params: dict[str, Any]) -> None:
+        """A rate-limited response: created, then failed (livekit/agents PR #2967;
+        SonicAIDriveThru docs/rate_limit_recovery.md). The fields of
+        `status_details.error` were not captured; the SDK's shape is used."""
+        raw_id = event.get("event_id")
+        record = ResponseRecord(
+            id=_new_id("resp_"),
+            client_event_id=raw_id if isinstance(raw_id, str) else None,
+            metadata=params.get("metadata"),
+            modalities=tuple(self._response_modalities(params)),
+            audio=False,
+            conversation=(),
+            instructions=None,
+            text="",
+            item_id="",
+            out_of_band=params.get("conversation") == "none",
+            created_at=asyncio.get_running_loop().time(),
+            status="failed",
+        )
+        self.responses.append(record)
+        self._queue({"type": "response.created", "response": self._response_object(record, params, "in_progress")})
+        final = self._response_object(record, params, "failed")
+        final["status_details"] = {
+            "type": "failed",
+            "error": {"type": "rate_limit_error", "code": "rate_limit_exceeded"},
+        }
+        self._queue({"type": "response.done", "response": final})
+        self._queue(_rate_limits(remaining=False))
 
     def release_responses(self) -> None:
         """Finish the response held by ``faults.hold_responses`` (sent at once)."""
@@ -1185,6 +1357,7 @@ class EmulatorSession:
         final["status_details"] = {"type": "cancelled", "reason": "client_cancelled"}
         final["usage"] = _usage(held.record, output=False)
         self._queue({"type": "response.done", "response": final})
+        self._queue(_rate_limits(remaining=True))
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -1223,6 +1396,19 @@ def _chunks(text: str, parts: int = 4) -> list[str]:
         return [""]
     size = max(1, -(-len(text) // parts))
     return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def _rate_limits(*, remaining: bool) -> dict[str, Any]:
+    """`rate_limits.updated`, sent after every `response.done` (GA captures)."""
+    return {
+        "type": "rate_limits.updated",
+        "rate_limits": [
+            {"name": "requests", "limit": 5000, "remaining": 4999 if remaining else 0,
+             "reset_seconds": 0.012},
+            {"name": "tokens", "limit": 400000, "remaining": 395000 if remaining else 0,
+             "reset_seconds": 0.75},
+        ],
+    }
 
 
 def _usage(record: ResponseRecord, *, output: bool = True) -> dict[str, Any]:
@@ -1356,6 +1542,13 @@ class RealtimeEmulator:
         model: the model sessions report (Azure paths name a deployment instead).
         host / port: where to listen (default 127.0.0.1, an ephemeral port).
         sdk_validation: validate client events with the ``openai`` SDK models.
+        openai_beta: serve OpenAI's retired beta shape (``OpenAI-Beta: realtime=v1``) as
+            it was; by default it is refused with ``beta_api_shape_disabled`` and close
+            4000, as OpenAI does since 2026-05-12.
+        models: model names the OpenAI path knows (None: any); another one is refused
+            after the upgrade with ``invalid_model`` and close 4000.
+        decode_binary_frames: process binary frames as text (the real servers refuse
+            them with ``invalid_event``).
     """
 
     def __init__(
@@ -1370,7 +1563,13 @@ class RealtimeEmulator:
         host: str = "127.0.0.1",
         port: int = 0,
         sdk_validation: bool = True,
+        openai_beta: bool = False,
+        models: Iterable[str] | None = None,
+        decode_binary_frames: bool = False,
     ) -> None:
+        self.openai_beta = openai_beta
+        self.models = frozenset(models) if models is not None else None
+        self.decode_binary_frames = decode_binary_frames
         self.reply: ReplyFn = reply or default_reply
         self.faults = faults or FaultConfig()
         self.strict_session = strict_session
@@ -1385,7 +1584,9 @@ class RealtimeEmulator:
         self.errors_by_code: Counter[str] = Counter()
         self.sdk_validation_errors: list[SdkValidationFailure] = []
         self.rejected_connections: list[tuple[int, str]] = []
-        """``(http status, path)`` of refused websocket handshakes."""
+        """``(http status, path)`` of websocket handshakes refused before the upgrade."""
+        self.refused_connections: list[tuple[int, str, str]] = []
+        """``(close code, error code, path)`` of connections upgraded, then refused."""
         self._port = port
         self._runner: web.AppRunner | None = None
         self._changed: asyncio.Event | None = None
@@ -1495,6 +1696,7 @@ class RealtimeEmulator:
                 raise NotImplementedError(
                     "RealtimeModelBeta exists in livekit-plugins-openai <= 1.4"
                 )
+            # OpenAI refuses it since 2026-05-12 unless this emulator serves it (openai_beta)
             return beta_cls(**self.openai_kwargs(), **kwargs)
         return realtime.RealtimeModel(**self.openai_kwargs(), **kwargs)
 
@@ -1548,11 +1750,15 @@ class RealtimeEmulator:
 
     # -- control -----------------------------------------------------------------
 
-    async def close_all(self, *, code: int = 1000, session_expired: bool = False) -> None:
+    async def close_all(
+        self, *, code: int = 1000, session_expired: bool = False, session_minutes: int = 60
+    ) -> None:
         """Close every open websocket from the server side (e.g. max session duration).
 
         With ``session_expired`` each connection first gets the error the service sends
-        at its 60-minute limit (``session_expired``).
+        at its limit (``session_expired``): 60 minutes today, 30 in 2025 ("Your session
+        hit the maximum duration of 30 minutes."), 15 in Oct 2024
+        (openai/openai-realtime-api-beta#23).
         """
         sessions = self.active_sessions
         for s in sessions:
@@ -1560,7 +1766,9 @@ class RealtimeEmulator:
                 s._base = asyncio.get_running_loop().time()
                 s._error(
                     ProviderError(
-                        "session_expired", "Your session hit the maximum duration of 60 minutes."
+                        "session_expired",
+                        f"Your session hit the maximum duration of {session_minutes} minutes.",
+                        echo_event_id=False,
                     ),
                     None,
                 )
@@ -1581,7 +1789,9 @@ class RealtimeEmulator:
 
     # -- HTTP / websocket ---------------------------------------------------------
 
-    def _route(self, request: web.Request) -> tuple[Dialect, str]:
+    def _route(self, request: web.Request) -> tuple[Dialect, str, Provider, _Refusal | None]:
+        """The endpoint a handshake names, or an HTTP error (Azure, unknown paths); an
+        OpenAI handshake the server refuses is upgraded first (see `_Refusal`)."""
         path = request.path.rstrip("/")
         query = request.query
         if path == "/openai/realtime":
@@ -1594,27 +1804,54 @@ class RealtimeEmulator:
                     400, "Missing required query parameter: 'deployment'.", "deployment"
                 )
             # Azure names a deployment; the session reports the model behind it
-            return "beta", self.model
-        if path in ("/openai/v1/realtime", "/v1/realtime", "/realtime"):
-            model = query.get("model")
-            if not model:
+            return "beta", self.model, "azure", None
+        if path == "/openai/v1/realtime":
+            if not query.get("model"):
                 raise _http_error(400, "Missing required parameter: 'model'.", "model")
-            beta_header = request.headers.get("OpenAI-Beta", "").replace(" ", "")
-            if path == "/openai/v1/realtime":
-                return "ga", self.model  # Azure GA: `model` is the deployment name
-            if "realtime=v1" in beta_header.split(","):
-                return "beta", model
-            return "ga", model
+            return "ga", self.model, "azure", None  # Azure GA: `model` is the deployment name
+        if path in ("/v1/realtime", "/realtime"):
+            return self._route_openai(request)
         raise web.HTTPNotFound(
             text=json.dumps({"error": {"code": "404", "message": "Resource not found"}}),
             content_type="application/json",
         )
 
+    def _route_openai(self, request: web.Request) -> tuple[Dialect, str, Provider, _Refusal | None]:
+        # OpenAI upgrades first and refuses in-band: an error, then a close
+        # (2026-09-18 capture, index id 69522944037)
+        model = request.query.get("model") or ""
+        beta_header = request.headers.get("OpenAI-Beta", "").replace(" ", "")
+        beta = "realtime=v1" in beta_header.split(",")
+        dialect: Dialect = "beta" if beta else "ga"
+        if self._openai_key_refused(request):
+            refusal = _Refusal("invalid_api_key", "Incorrect API key provided.", 3000)
+        elif not model:
+            refusal = _Refusal("missing_model", "Missing required parameter: 'model'.", 4000)
+        elif self.models is not None and model not in self.models:
+            refusal = _Refusal(
+                "invalid_model",
+                f"The model '{model}' does not exist or you do not have access to it.",
+                4000,
+            )
+        elif beta and not self.openai_beta:
+            # removed on 2026-05-12 (Natively-AI-assistant PR #270); wording from
+            # infinitocloud/asterisk_to_openai_rt_community#4
+            refusal = _Refusal(
+                "beta_api_shape_disabled",
+                "The Realtime Beta API is no longer supported. Please use /v1/realtime for "
+                "the GA API.",
+                4000,
+            )
+        else:
+            refusal = None
+        return dialect, model, "openai", refusal
+
+    def _openai_key_refused(self, request: web.Request) -> bool:
+        key = _request_key(request)
+        return bool(key) and self.api_keys is not None and key not in self.api_keys
+
     def _authorize(self, request: web.Request) -> None:
-        key = request.headers.get("api-key")
-        auth = request.headers.get("Authorization", "")
-        if not key and auth.lower().startswith("bearer "):
-            key = auth[7:].strip()
+        key = _request_key(request)
         if not key:
             raise web.HTTPUnauthorized(
                 text=json.dumps(
@@ -1631,7 +1868,9 @@ class RealtimeEmulator:
                 ),
                 content_type="application/json",
             )
-        if self.api_keys is not None and key not in self.api_keys:
+        openai_path = request.path.rstrip("/") in ("/v1/realtime", "/realtime")
+        if self.api_keys is not None and key not in self.api_keys and not openai_path:
+            # Azure refuses a bad key with HTTP 401 before the upgrade (SonicAIDriveThru)
             raise web.HTTPUnauthorized(
                 text=json.dumps(
                     {
@@ -1649,7 +1888,7 @@ class RealtimeEmulator:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         try:
             self._authorize(request)
-            dialect, model = self._route(request)
+            dialect, model, provider, refusal = self._route(request)
         except web.HTTPException as exc:
             self.rejected_connections.append((exc.status, request.path_qs))
             self._notify()
@@ -1658,6 +1897,9 @@ class RealtimeEmulator:
         if not ws.can_prepare(request).ok:
             raise _http_error(400, "Expected a websocket upgrade request.", None)
         await ws.prepare(request)
+        if refusal is not None:
+            await self._refuse(ws, refusal, request.path_qs)
+            return ws
         session = EmulatorSession(
             self,
             ws,
@@ -1666,6 +1908,7 @@ class RealtimeEmulator:
             query=request.query,
             headers=request.headers,
             model=model,
+            provider=provider,
         )
         self.sessions.append(session)
         session._start()
@@ -1675,7 +1918,7 @@ class RealtimeEmulator:
                 if msg.type == WSMsgType.TEXT:
                     session._on_text(msg.data)
                 elif msg.type == WSMsgType.BINARY:
-                    session._on_text(msg.data.decode("utf-8", "replace"))
+                    session._on_binary(msg.data)
                 else:
                     break
                 if session._close_requested:
@@ -1686,6 +1929,35 @@ class RealtimeEmulator:
                 await ws.close(code=1011 if session._close_requested else 1000)
             self._notify()
         return ws
+
+
+    async def _refuse(self, ws: web.WebSocketResponse, refusal: _Refusal, path: str) -> None:
+        error = ProviderError(refusal.code, refusal.message, None)
+        event = {"type": "error", "event_id": _new_id("event_"), "error": error.as_dict(None)}
+        try:
+            await ws.send_str(json.dumps(event))
+            await ws.close(code=refusal.close_code, message=refusal.code.encode())
+        except (ConnectionError, RuntimeError):
+            pass
+        self.refused_connections.append((refusal.close_code, refusal.code, path))
+        self._notify()
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """An upgraded connection the server refuses: one error event, then a close."""
+
+    code: str
+    message: str
+    close_code: int
+
+
+def _request_key(request: web.Request) -> str | None:
+    key = request.headers.get("api-key")
+    auth = request.headers.get("Authorization", "")
+    if not key and auth.lower().startswith("bearer "):
+        key = auth[7:].strip()
+    return key or None
 
 
 def _http_error(status: int, message: str, param: str | None) -> web.HTTPException:

@@ -171,10 +171,12 @@ _TEXT_PART_TYPES = frozenset({"input_text", "text", "output_text"})
 class ProviderError:
     """One rejection, worded as the realtime service words it (the ``error`` object)."""
 
-    code: str
+    code: str | None
     message: str
     param: str | None = None
     type: str = "invalid_request_error"
+    echo_event_id: bool = True
+    """Whether the real server echoes the client's ``event_id`` on this error."""
 
     def as_dict(self, event_id: str | None) -> dict[str, Any]:
         """The ``error`` object of an ``error`` server event."""
@@ -230,6 +232,21 @@ def json_type_name(value: Any) -> str:
         if type(value) is cls:
             return name
     return "an object"
+
+
+# The realtime server_error: `code` null, `error.event_id` null, this sentence
+# (realtime trace at index id 34909638017).
+SERVER_ERROR_MESSAGE = (
+    "The server had an error while processing your request. Sorry about that! You can retry "
+    "your request, or contact us through our help center at help.openai.com if the error "
+    "persists. (Please include the session ID in your message.) We recommend you retry "
+    "your request."
+)
+
+
+def server_error() -> ProviderError:
+    """A ``server_error`` as the realtime servers send it."""
+    return ProviderError(None, SERVER_ERROR_MESSAGE, None, "server_error", echo_event_id=False)
 
 
 def invalid_type(param: str, expected: str, value: Any) -> ProviderError:

@@ -18,6 +18,10 @@ from livekit_history_plugin.testing import (
 )
 
 RECV_TIMEOUT = 5.0
+# the beta dialect on an Azure preview api-version that has conversation.item.retrieve;
+# 2024-10-01-preview has not (tests/emulator/test_fidelity.py)
+BETA_PATH = "/openai/realtime?api-version=2025-04-01-preview&deployment=gpt-realtime"
+BETA_2024_PATH = "/openai/realtime?api-version=2024-10-01-preview&deployment=gpt-realtime"
 
 
 class RawClient:
@@ -89,11 +93,7 @@ async def connect(emulator: RealtimeEmulator) -> AsyncIterator[Connect]:
         headers: dict[str, str] | None = None,
     ) -> RawClient:
         if path is None:
-            path = (
-                "/openai/realtime?api-version=2024-10-01-preview&deployment=gpt-realtime"
-                if dialect == "beta"
-                else "/v1/realtime?model=gpt-realtime"
-            )
+            path = BETA_PATH if dialect == "beta" else "/v1/realtime?model=gpt-realtime"
         hdrs = headers if headers is not None else {"Authorization": "Bearer test-key"}
         ws = await http.ws_connect(emulator.base_url.replace("http", "ws", 1) + path, headers=hdrs)
         client = RawClient(ws, dialect)

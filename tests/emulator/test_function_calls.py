@@ -46,8 +46,8 @@ GA_SEQUENCE = [
     "conversation.item.added",
     "response.function_call_arguments.delta",
     "response.function_call_arguments.done",
+    "conversation.item.done",  # before output_item.done, as recorded (README D12)
     "response.output_item.done",
-    "conversation.item.done",
     "response.done",
 ]
 
