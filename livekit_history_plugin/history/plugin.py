@@ -42,10 +42,19 @@ from .budget import (
     select_history,
 )
 from .calls import LoadReport, report_load
+from .facts import (
+    CaptureResult,
+    FactExtractor,
+    LLMFactExtractor,
+    RuleFactExtractor,
+    capture_facts,
+)
 from .jobs import PostCallContext, PostCallJobs, SummaryStep
 from .models import Fact, Role, Summary, Turn
+from .recall import RECALL_TOOL_NAME, make_recall_tool
 from .recorder import DEFAULT_MAX_TURN_CHARS, DEFAULT_REORDER_WINDOW, Recorder
 from .render import DEFAULT_REPLAY_MODE, base_instructions, render_history
+from .search import RecallHit
 from .stores import DEFAULT_URL, ENV_VAR, open_store
 from .stores.base import HistoryStore, StoreError
 from .summarize import DEFAULT_SUMMARY_TOKENS, ExtractiveSummarizer, LLMSummarizer, Summarizer
@@ -135,6 +144,40 @@ class HistoryConfig(BaseModel):
             f"summarizer must be a livekit llm.LLM, a Summarizer or None, not {type(v).__name__}"
         )
 
+    capture_facts: bool = Field(
+        default=True,
+        description="after each call, store the facts the caller stated about themselves",
+    )
+    fact_extractor: Any = Field(
+        default=None,
+        description="a livekit llm.LLM, a FactExtractor, or None: the summarizer's LLM "
+        "when it is one, else the offline rules",
+    )
+    fact_timeout: float = Field(
+        default=20.0, gt=0, description="seconds an LLM fact extractor may take"
+    )
+
+    @field_validator("fact_extractor")
+    @classmethod
+    def _check_fact_extractor(cls, v: Any) -> Any:
+        if v is None or isinstance(v, llm.LLM) or isinstance(v, FactExtractor):
+            return v
+        raise ValueError(
+            "fact_extractor must be a livekit llm.LLM, a FactExtractor or None, "
+            f"not {type(v).__name__}"
+        )
+
+    def build_fact_extractor(self) -> FactExtractor:
+        source = self.fact_extractor
+        if source is None and isinstance(self.summarizer, llm.LLM):
+            source = self.summarizer
+        if source is None:
+            return RuleFactExtractor()
+        if isinstance(source, llm.LLM):
+            return LLMFactExtractor(source, timeout=self.fact_timeout)
+        extractor: FactExtractor = source
+        return extractor
+
     def build_summarizer(self) -> Summarizer:
         if self.summarizer is None:
             return ExtractiveSummarizer(self.summary_tokens)
@@ -205,6 +248,12 @@ class HistoryPlugin:
         self.jobs = PostCallJobs(default_timeout=cfg.post_call_timeout)
         """Steps run for a caller after each call (`jobs.add_step`); "summary" first."""
         self.jobs.add_step("summary", self._summary)
+        self._fact_extractor = cfg.build_fact_extractor()
+        self.captured: list[CaptureResult] = []
+        """What fact capture did after the calls of this process, newest last (bounded)."""
+        if cfg.capture_facts:
+            # from the closed call's own turns only: nothing to redo on a later load
+            self.jobs.add_step("facts", self._capture_facts, on_load=False)
         self._open_task: asyncio.Future[None] | None = None
         self._recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
         self._load_reports: dict[str, LoadReport] = {}
@@ -451,6 +500,48 @@ class HistoryPlugin:
         await self.open()
         await self.store.save_fact(fact)
         return fact
+
+    async def _capture_facts(self, ctx: PostCallContext) -> None:
+        result = await capture_facts(ctx.store, ctx.user_id, ctx.turns, self._fact_extractor)
+        self.captured = [*self.captured[-99:], result]
+
+    # -- recall ---------------------------------------------------------------------------
+    async def recall(
+        self,
+        user_id: str,
+        query: str,
+        k: int = 5,
+        *,
+        exclude_conversation_id: str | None = None,
+    ) -> list[RecallHit]:
+        """The `k` stored turns of `user_id` that best match `query` (plain words;
+        no search syntax is interpreted), best first. Only this user's turns."""
+        _check_user_id(user_id)
+        await self.open()
+        return await self.store.search_turns(
+            user_id, query, k, exclude_conversation_id=exclude_conversation_id
+        )
+
+    def recall_tool(
+        self,
+        user_id: str,
+        *,
+        k: int = 5,
+        exclude_conversation_id: str | None = None,
+        name: str = RECALL_TOOL_NAME,
+    ) -> llm.FunctionTool[..., Any]:
+        """A function tool for the agent (`Agent(tools=[...])`) that searches this
+        user's earlier calls; its answer quotes the turns as data (see `recall`)."""
+        _check_user_id(user_id)
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 50:
+            raise ValueError(f"k must be an int from 1 to 50, got {k!r}")
+
+        async def search(query: str) -> list[RecallHit]:
+            return await self.recall(
+                user_id, query, k, exclude_conversation_id=exclude_conversation_id
+            )
+
+        return make_recall_tool(search, name=name)
 
     async def forget(self, user_id: str, key: str) -> bool:
         """Delete a durable fact; True when it existed."""
