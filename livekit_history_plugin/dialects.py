@@ -120,16 +120,19 @@ def wire_item_id(item_id: str) -> str:
 # articles/ai-services/openai/realtime-audio-reference.md, 12/12/2024) lists nine client
 # events and no conversation.item.retrieve; the beta retrieve event first appears in the
 # openai SDK between 1.65.0 and 1.70.0 (about March 2025), and the Foundry reference of
-# 01/29/2026 lists it. Preview api-versions dated before 2025-03 are taken to lack it.
-_FIRST_RETRIEVE_API_VERSION: Final = "2025-03"
+# 01/29/2026 (articles/ai-foundry/openai/realtime-audio-reference.md) lists it. Later
+# preview versions (2025-04-01-preview) are not confirmed either way: only the version
+# documented without it is taken to lack it (the same rule as `providers`), and the
+# engine falls back to a delete probe if a retrieve is answered as an unknown event.
+_LAST_API_VERSION_WITHOUT_RETRIEVE: Final = "2024-10-01-preview"
 
 
 def supports_retrieve(api_version: str | None) -> bool:
     """Whether a realtime endpoint answers ``conversation.item.retrieve``: GA (no
-    api-version) does; Azure preview api-versions before 2025-03 do not."""
+    api-version) and later previews do; Azure 2024-10-01-preview and older do not."""
     if not api_version:
         return True
-    return api_version[:7] >= _FIRST_RETRIEVE_API_VERSION
+    return api_version > _LAST_API_VERSION_WITHOUT_RETRIEVE
 
 
 def item_to_wire(item: llm.ChatItem, dialect: Dialect) -> dict[str, Any]:
