@@ -18,6 +18,7 @@ User and system text parts are ``input_text`` in both. These are the shapes of
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 from typing import Any, Final, Literal, get_args
@@ -37,6 +38,7 @@ __all__ = [
     "create_item_event",
     "delete_item_event",
     "item_to_wire",
+    "session_update_without_voice",
     "supports_retrieve",
     "text_part_type",
     "valid_wire_id",
@@ -133,6 +135,30 @@ def supports_retrieve(api_version: str | None) -> bool:
     if not api_version:
         return True
     return api_version > _LAST_API_VERSION_WITHOUT_RETRIEVE
+
+
+def session_update_without_voice(event: Any) -> dict[str, Any]:
+    """A ``session.update`` client event (livekit's pydantic model or dict) as a dict
+    without its voice, in either dialect (beta ``session.voice``, GA
+    ``session.audio.output.voice``).
+
+    Once assistant audio exists the server refuses a voice change with
+    ``cannot_update_voice`` and discards the whole update (openai-agents-python#1661,
+    openai-python#2607; 2026-09-18 capture, probe 7d); restating settings must not risk it.
+    """
+    dump = getattr(event, "model_dump", None)
+    if callable(dump):
+        data: dict[str, Any] = dump(by_alias=True, exclude_unset=True, exclude_defaults=False)
+    else:
+        data = copy.deepcopy(dict(event))
+    session = data.get("session")
+    if isinstance(session, dict):
+        session.pop("voice", None)
+        audio = session.get("audio")
+        output = audio.get("output") if isinstance(audio, dict) else None
+        if isinstance(output, dict):
+            output.pop("voice", None)
+    return data
 
 
 def item_to_wire(item: llm.ChatItem, dialect: Dialect) -> dict[str, Any]:
