@@ -30,7 +30,7 @@ from livekit.agents import llm
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import telemetry
-from ..dialects import Dialect
+from ..dialects import Dialect, session_update_without_voice
 from ..log import logger
 from ..replay.driver import ReplayDriver
 from ..replay.engine import (
@@ -238,7 +238,9 @@ class SessionAdapter:
         if build is None:
             return
         self._reasserted = True
-        self.session.send_event(build())
+        # never the voice: after assistant audio a voice change is refused and the
+        # whole update discarded (cannot_update_voice, README D10)
+        self.session.send_event(session_update_without_voice(build()))
 
     def _start(self, plan: UpdatePlan) -> ReplayDriver:
         engine = ReplayEngine(
