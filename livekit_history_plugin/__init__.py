@@ -14,7 +14,13 @@ from .log import logger
 from .version import __version__
 
 if TYPE_CHECKING:
+    # what `__getattr__` returns, for type checkers (which do not run it)
     from .compat import ReplayOptions, adapter_of, wrap_realtime_model
+    from .history.models import Fact, Summary, Turn
+    from .history.plugin import HistoryConfig, HistoryPlugin
+    from .history.stores import open_store
+    from .history.stores.base import HistoryStore
+    from .history.tokens import warm_up
     from .sanitize import DroppedItem, SanitizeResult, sanitize_chat_ctx, sanitize_chat_ctx_report
 
 # public name -> module that defines it; imported on first use so `import
@@ -34,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     "Turn": ".history.models",
     "Fact": ".history.models",
     "Summary": ".history.models",
+    "warm_up": ".history.tokens",
 }
 
 __all__ = [
@@ -53,6 +60,7 @@ __all__ = [
     "Turn",
     "Fact",
     "Summary",
+    "warm_up",
 ]
 
 
