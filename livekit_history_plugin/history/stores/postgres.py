@@ -590,7 +590,9 @@ class _Statements:
             owner_q = "('u' || md5($1))"
             skip = f"AND conversation_id <> ${n_terms + 3} " if exclude else ""
             sql = self._search[key] = (
-                f"SELECT {_TURN_COLUMNS}, ts_rank(search, ({terms})) AS score "
+                # normalization 1 (rank / (1 + log length)): a short turn holding the
+                # words outranks a long one that also does, as bm25 does on SQLite
+                f"SELECT {_TURN_COLUMNS}, ts_rank(search, ({terms}), 1) AS score "
                 f"FROM {self._q}.turns WHERE user_id = $1 "
                 f"AND search @@ (({terms}) && {owner_q}::tsquery) {skip}"
                 "ORDER BY score DESC, created_at DESC, conversation_id DESC, seq DESC LIMIT $2"
