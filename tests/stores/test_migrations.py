@@ -239,3 +239,80 @@ async def test_redis_layout_version_is_recorded_and_newer_refused(
     await b.run(lambda r: r.set(f"{b.prefix}:schema", "7"))
     with pytest.raises(StoreError, match="layout v7, newer than"):
         await b.store().open()
+
+
+# -- v3: full-text index and fact provenance over rows written before it ----------------------
+
+
+async def test_sqlite_upgrade_from_v2_indexes_old_turns_for_recall(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(
+        "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description TEXT NOT NULL, "
+        "applied_at INTEGER NOT NULL) STRICT"
+    )
+    db.execute("BEGIN")
+    sqlite_store.apply_migrations(db, 0, 2)
+    db.execute("COMMIT")
+    # rows as the v2 release wrote them
+    for user, seq, text in [("u1", 0, "my order number is 4417"), ("u2", 0, "order 4417 too")]:
+        db.execute(
+            "INSERT INTO turns (user_id, conversation_id, seq, idem_key, role, text, created_at, "
+            "source, interrupted) VALUES (?, 'c1', ?, ?, 'user', ?, 1767268800000000, 'voice', 0)",
+            (user, seq, f"c1:{seq}", text),
+        )
+    db.execute("INSERT INTO facts VALUES ('u1', 'diet', 'Is vegan.', 1767268800000000)")
+    db.close()
+    assert sqlite_versions(path) == [1, 2]
+
+    async with SqliteBackend(str(path)).store() as store:
+        hits = await store.search_turns("u1", "order number", 5)
+        facts = await store.load_facts("u1")
+        # and rows written after the upgrade are indexed by the triggers
+        await store.append([turn("u1", "c2", 0, at=60, text="new order 9911")])
+        later = await store.search_turns("u1", "9911", 5)
+    assert [(h.turn.user_id, h.turn.text) for h in hits] == [("u1", "my order number is 4417")]
+    assert [(f.key, f.origin, f.source_turn_ids) for f in facts] == [("diet", "author", [])]
+    assert [h.turn.text for h in later] == ["new order 9911"]
+    assert sqlite_versions(path) == SQLITE_ALL
+    db = sqlite3.connect(path)
+    try:
+        # the index agrees with its content table
+        db.execute("INSERT INTO turns_fts (turns_fts, rank) VALUES ('integrity-check', 1)")
+    finally:
+        db.close()
+
+
+async def test_pg_upgrade_from_v2_indexes_old_turns_for_recall(pg_backend: PostgresBackend) -> None:
+    b = pg_backend
+    q = f'"{b.schema}"'
+
+    async def make_v2(conn: Any) -> None:
+        async with conn.transaction():
+            await conn.execute(f"CREATE SCHEMA {q}")
+            await conn.execute(
+                f"CREATE TABLE {q}.schema_version (version integer PRIMARY KEY, "
+                "description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            await pg_store.apply_migrations(conn, b.schema, 0, 2)
+            for user, text in [("u1", "my order number is 4417"), ("u2", "order 4417 too")]:
+                await conn.execute(
+                    f"INSERT INTO {q}.turns (user_id, idem_key, conversation_id, seq, role, text, "
+                    "created_at, source) VALUES ($1, 'c1:0', 'c1', 0, 'user', $2, $3, 'voice')",
+                    user,
+                    text,
+                    T0,
+                )
+            await conn.execute(
+                f"INSERT INTO {q}.facts VALUES ('u1', 'diet', 'Is vegan.', $1)", T0
+            )
+
+    await b.run(make_v2)
+    assert await pg_versions(b) == [1, 2]
+    async with b.store() as store:
+        hits = await store.search_turns("u1", "order number", 5)
+        facts = await store.load_facts("u1")
+    assert [(h.turn.user_id, h.turn.text) for h in hits] == [("u1", "my order number is 4417")]
+    assert [(f.key, f.origin, f.source_turn_ids) for f in facts] == [("diet", "author", [])]
+    assert await pg_versions(b) == PG_ALL
+    assert "turns_search" in await pg_indexes(b)
