@@ -65,8 +65,11 @@ _CODE_BY_MESSAGE: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^Tool call ID '[^']*' not found"), INVALID_TOOL_CALL),
 )
 
-RequestKind = Literal["create", "delete", "retrieve", "probe"]
-_ANY_KIND: frozenset[RequestKind] = frozenset({"create", "delete", "retrieve", "probe"})
+RequestKind = Literal["create", "delete", "retrieve", "probe", "cleanup"]
+_ANY_KIND: frozenset[RequestKind] = frozenset(
+    {"create", "delete", "retrieve", "probe", "cleanup"}
+)
+PROBE_ID_PREFIX = "lhp_probe_"
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,7 @@ class ReplayResult:
 class _State(Enum):
     SENT = "sent"  # an attempt is in flight
     PARKED = "parked"  # refused for its anchor; waits until an anchor is certain
-    VERIFYING = "verifying"  # its fate is unknown; a retrieve (or delete probe) is in flight
+    VERIFYING = "verifying"  # its fate is unknown; a retrieve (or anchor probe) is in flight
     CONFIRMED = "confirmed"
     REJECTED = "rejected"
 
@@ -246,8 +249,13 @@ class ReplayEngine:
     ) -> None:
         # Azure's 2024-10-01-preview has no conversation.item.retrieve (its reference
         # lists nine client events); there an item of unknown fate is checked by
-        # deleting it instead, and sent again if it was there
+        # creating a throwaway item anchored to it (refused if it is not there),
+        # deleted again right after
         self._retrieve_ok = supports_retrieve
+        # anchor probes: probe item id -> the item it checks; and the deadlines of
+        # the deletes that remove the probe items again
+        self._probe_of: dict[str, str] = {}
+        self._cleanup_deadline: dict[str, float] = {}
         self._ack_timeout = ack_timeout
         self._verify_timeout = verify_timeout
         self._max_attempts = max_attempts
@@ -314,7 +322,7 @@ class ReplayEngine:
         """Feed one server event (any type; events not about our items are ignored)."""
         etype = event.get("type")
         if etype in _CREATE_ACKS:
-            reaction = self._on_created(event)
+            reaction = self._on_created(event, now)
         elif etype == "conversation.item.deleted":
             reaction = self._on_deleted(event, now)
         elif etype == "conversation.item.retrieved":
@@ -331,6 +339,12 @@ class ReplayEngine:
         """Handle every deadline that has passed."""
         out: list[Output] = []
         for eid, req in list(self._inflight.items()):
+            if req.kind == "cleanup":
+                if self._cleanup_deadline.get(req.item_id, 0.0) <= now:
+                    # a probe item left behind costs nothing but a stray item
+                    del self._inflight[eid]
+                    self._cleanup_deadline.pop(req.item_id, None)
+                continue
             if req.kind == "delete":
                 d = self._deletes[req.item_id]
                 if d.deadline <= now:
@@ -361,6 +375,8 @@ class ReplayEngine:
         """Settle everything still in flight as failed (e.g. the socket closed)."""
         out: list[Output] = []
         for req in list(self._inflight.values()):
+            if req.kind == "cleanup":
+                continue
             if req.kind == "delete":
                 self._deletes[req.item_id].done = True
                 out.append(self._delete_failed(req.item_id, code, message))
@@ -374,20 +390,20 @@ class ReplayEngine:
     def owns_item(self, item_id: str) -> bool:
         # deletes count too: an item the server or livekit created (a tool call, its
         # output) is deleted by us, and its `deleted` ack must reach this engine
-        return item_id in self._creates or item_id in self._deletes
+        return item_id in self._creates or item_id in self._deletes or item_id in self._probe_of
 
     # -- acknowledgements ------------------------------------------------------
 
-    def _on_created(self, event: Mapping[str, Any]) -> Reaction:
+    def _on_created(self, event: Mapping[str, Any], now: float) -> Reaction:
         item = event.get("item")
         item_id = item.get("id") if isinstance(item, Mapping) else None
+        if isinstance(item_id, str) and item_id in self._probe_of:
+            return self._on_probe_added(item_id, now)
         c = self._creates.get(item_id) if isinstance(item_id, str) else None
         if c is None:
             return NOT_OURS
-        if c.state is _State.CONFIRMED or self._probing(c):
-            # a duplicate ack (already counted), or a late one while a delete probe
-            # is on its way: the probe's answer decides
-            return Reaction(claimed=True)
+        if c.state is _State.CONFIRMED:
+            return Reaction(claimed=True)  # duplicate ack: already counted
         prev = event.get("previous_item_id")
         prev = prev if isinstance(prev, str) and prev != ROOT else None
         if prev == c.op.item_id:
@@ -421,8 +437,7 @@ class ReplayEngine:
             return []
         chain: list[_Create] = []
         cur: _Create | None = c
-        # an item being probed is about to be deleted; its probe's answer decides
-        while cur is not None and cur.state is not _State.CONFIRMED and not self._probing(cur):
+        while cur is not None and cur.state is not _State.CONFIRMED:
             chain.append(cur)
             # only an anchored attempt proves its anchor; an append proves nothing
             nxt = _none_if_root(cur.sent_prev) if cur.sent_prev is not None else None
@@ -441,12 +456,17 @@ class ReplayEngine:
 
     def _on_deleted(self, event: Mapping[str, Any], now: float) -> Reaction:
         item_id = event.get("item_id")
+        if isinstance(item_id, str) and item_id in self._probe_of:
+            self._cleanup_deadline.pop(item_id, None)
+            for eid, req in list(self._inflight.items()):
+                if req == _Request("cleanup", item_id):
+                    del self._inflight[eid]
+            return Reaction(claimed=True)
         d = self._deletes.get(item_id) if isinstance(item_id, str) else None
-        if d is None or d.done:
-            probed = self._creates.get(item_id) if isinstance(item_id, str) else None
-            if probed is not None and self._probing(probed):
-                return Reaction(tuple(self._probe_found(probed, now)), True)
-            return NOT_OURS if d is None else Reaction(claimed=True)
+        if d is None:
+            return NOT_OURS
+        if d.done:
+            return Reaction(claimed=True)
         self._inflight.pop(d.event_id, None)
         d.done = True
         self.result.deleted.append(d.item_id)
@@ -490,6 +510,9 @@ class ReplayEngine:
         # an order-only match of an error that names no item (a `server_error`)
         # may answer livekit's own request: act on it, but let livekit see it too
         claimed = certain or _is_item_code(code, param)
+        if req.kind == "cleanup":
+            self._cleanup_deadline.pop(req.item_id, None)
+            return Reaction(claimed=claimed)
         if req.kind == "delete":
             return Reaction(tuple(self._delete_error(req.item_id, code, message)), claimed)
         c = self._creates[req.item_id]
@@ -529,15 +552,14 @@ class ReplayEngine:
             if code == INVALID_PREVIOUS:
                 if c is not None and req.kind == "create" and c.sent_prev in quoted:
                     return eid, True
+                if req.kind == "probe" and req.item_id in quoted:
+                    return eid, True
             elif code == INVALID_TOOL_CALL:
                 if c is not None and c.op.item.get("call_id") in quoted:
                     return eid, True
             elif req.item_id in quoted:
                 return eid, True
         return candidates[0][0], False
-
-    def _probing(self, c: _Create) -> bool:
-        return self._inflight.get(c.event_id) == _Request("probe", c.op.item_id)
 
     def _is_tool_output(self, req: _Request) -> bool:
         c = self._creates.get(req.item_id) if req.kind == "create" else None
@@ -554,13 +576,13 @@ class ReplayEngine:
     def _verify_error(
         self, c: _Create, kind: RequestKind, code: str, message: str, now: float
     ) -> list[Output]:
-        """An error answering a retrieve / delete probe of `c`."""
+        """An error answering a retrieve / anchor probe of `c`."""
         if kind == "retrieve" and code != RETRIEVE_UNKNOWN:
             # the server has no retrieve after all (answered as an unknown event
-            # type): the same check by deleting
+            # type): the same check with an anchor probe
             self._retrieve_ok = False
             return [self._send_probe(c, now)]
-        if code in (RETRIEVE_UNKNOWN, DELETE_UNKNOWN):
+        if code in (RETRIEVE_UNKNOWN, INVALID_PREVIOUS):
             return self._settle_absent(c, now)
         return self._reject(c, code, message)
 
@@ -574,15 +596,15 @@ class ReplayEngine:
             return self._retry_later(c, code, message, now)
         return self._create_error(c, code, message, param, now)
 
-    def _probe_found(self, c: _Create, now: float) -> list[Output]:
-        """The probe deleted `c`: it had landed. Send it again where it belongs
-        (what was suspected of it was not its answer)."""
-        self._inflight.pop(c.event_id, None)
-        c.suspect_error = None
-        c.state, c.refused_seq = _State.PARKED, c.sent_seq
-        c.retry_at = 0.0
-        self._parked[c.op.item_id] = c
-        return self._unpark(now)
+    def _on_probe_added(self, probe_id: str, now: float) -> Reaction:
+        """The server placed a probe item after the item it checks: that item is
+        there (what was suspected of it was not its answer). The probe goes again."""
+        out: list[Output] = [self._send_cleanup(probe_id, now)]
+        c = self._creates[self._probe_of[probe_id]]
+        if c.state is _State.VERIFYING:
+            c.suspect_error = None
+            out.extend(self._confirm(c, self._placed_after(c), "retrieved"))
+        return Reaction(tuple(out), claimed=True)
 
     def _create_error(
         self, c: _Create, code: str, message: str, param: str | None, now: float
@@ -702,13 +724,35 @@ class ReplayEngine:
         return SendEvent({"type": "conversation.item.retrieve", "event_id": eid, "item_id": c.op.item_id})
 
     def _send_probe(self, c: _Create, now: float) -> SendEvent:
-        """Delete `c` to learn whether it is there: `deleted` (it was, and is
-        sent again) or `item_delete_invalid_item_id` (it is not)."""
+        """Learn whether `c` is there without retrieve: create a throwaway item
+        anchored to it. Acked: `c` is there; `item_create_invalid_previous_item_id`:
+        it is not. Nothing of `c` is touched, so nothing can be duplicated."""
         eid = self._new_event_id("probe")
+        probe_id = PROBE_ID_PREFIX + uuid.uuid4().hex[:16]
+        self._probe_of[probe_id] = c.op.item_id
         c.event_id, c.state = eid, _State.VERIFYING
         c.deadline = now + self._verify_timeout
         self._track(eid, _Request("probe", c.op.item_id))
-        return SendEvent({"type": "conversation.item.delete", "event_id": eid, "item_id": c.op.item_id})
+        probe = {
+            "id": probe_id,
+            "type": "message",
+            "role": "system",
+            "content": [{"type": "input_text", "text": "."}],
+        }
+        return SendEvent(
+            {
+                "type": "conversation.item.create",
+                "event_id": eid,
+                "previous_item_id": c.op.item_id,
+                "item": probe,
+            }
+        )
+
+    def _send_cleanup(self, probe_id: str, now: float) -> SendEvent:
+        eid = self._new_event_id("delete")
+        self._cleanup_deadline[probe_id] = now + self._ack_timeout
+        self._track(eid, _Request("cleanup", probe_id))
+        return SendEvent({"type": "conversation.item.delete", "event_id": eid, "item_id": probe_id})
 
     def _send_delete(self, d: _Delete, now: float) -> SendEvent:
         eid = self._new_event_id("delete")
@@ -750,6 +794,8 @@ class ReplayEngine:
         return f
 
     def _deadline_of(self, req: _Request) -> float:
+        if req.kind == "cleanup":
+            return self._cleanup_deadline.get(req.item_id, 0.0)
         if req.kind == "delete":
             return self._deletes[req.item_id].deadline
         return self._creates[req.item_id].deadline
@@ -778,10 +824,12 @@ def _is_item_code(code: str, param: str | None) -> bool:
 
 def _kinds_answered_by(code: str, param: str | None) -> frozenset[RequestKind]:
     """Which of our requests an error without event_id may answer."""
-    if code.startswith("item_create") or code == INVALID_TOOL_CALL:
+    if code == INVALID_TOOL_CALL:
         return frozenset({"create"})
+    if code.startswith("item_create"):
+        return frozenset({"create", "probe"})
     if code.startswith("item_delete"):
-        return frozenset({"delete", "probe"})
+        return frozenset({"delete", "cleanup"})
     if code.startswith("item_retrieve"):
         return frozenset({"retrieve"})
     if code in _RETRYABLE_CODES or code in _RETRYABLE_TYPES:
