@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -30,8 +31,15 @@ from livekit.agents import llm
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import telemetry
-from ..dialects import Dialect, session_update_without_voice
+from ..dialects import Dialect, session_update_without_voice, wire_item_to_livekit
 from ..log import logger
+from ..providers import (
+    AZURE_PREVIEW_NO_RETRIEVE,
+    EMPTY_DELETED_ITEM_ID,
+    NULL_PREVIOUS_ITEM_ID,
+    Provider,
+    provider_of,
+)
 from ..replay.driver import ReplayDriver
 from ..replay.engine import (
     CONNECTION_RESET,
@@ -45,6 +53,7 @@ from ..replay.engine import (
 )
 from ..replay.plan import UpdatePlan, plan_update
 from ..replay.report import ReplayReport, ReplayTimings
+from ._ordering import UNKNOWN, MirrorOrder, Placement, ServerPrev, put_after
 
 _ATTR = "_lhp_adapter"
 # how many finished updates still absorb late answers (duplicate acks,
@@ -102,6 +111,8 @@ class SessionAdapter:
         self.session = session
         self.options = options or ReplayOptions()
         self.dialect: Dialect = self.detect_dialect(session)
+        self.provider: Provider = provider_of(session)
+        self.order = self._new_order()
         self.last_result: ReplayResult | None = None
         self.last_report: ReplayReport | None = None
         self.reports: collections.deque[ReplayReport] = collections.deque(maxlen=_REPORTS_KEPT)
@@ -119,6 +130,11 @@ class SessionAdapter:
         self._held: collections.deque[Any] | None = None
         self._held_seconds = 0.0
         self._gate_closed_at = time.monotonic()
+
+    def _new_order(self) -> MirrorOrder:
+        return MirrorOrder(
+            lambda: self.mirror, null_previous=self.provider.has(NULL_PREVIOUS_ITEM_ID)
+        )
 
     # -- per-path facts (override) ---------------------------------------------
 
@@ -249,13 +265,19 @@ class SessionAdapter:
             remote_order=plan.remote_order,
             ack_timeout=self.options.ack_timeout,
             verify_timeout=self.options.verify_timeout,
+            supports_retrieve=not self.provider.has(AZURE_PREVIEW_NO_RETRIEVE),
         )
         self._plan = plan
         self._timings = ReplayTimings()
+        deleted = {d.item_id for d in plan.deletes}
+        self.order.begin_burst(next((r for r in reversed(plan.remote_order) if r not in deleted), None))
         self._driver = ReplayDriver(engine, send=self._send, on_output=self._on_output)
         return self._driver
 
     def _finish(self, driver: ReplayDriver) -> None:
+        # every item of the update is settled: whatever still waits for its
+        # predecessor is placed now, so the mirror is right when the update returns
+        self.order.end_update()
         self._driver = None
         self._plan = None
         self._finished.append(driver.engine)
@@ -265,6 +287,10 @@ class SessionAdapter:
 
     def _send(self, event: dict[str, Any]) -> None:
         self._timings.sent(event)
+        if event["type"] == "conversation.item.create":
+            self.order.sent_create(str(event["item"]["id"]), event.get("previous_item_id"))
+        elif event["type"] == "conversation.item.delete":
+            self.order.sent_delete(str(event["item_id"]))
         if event["type"] == "conversation.item.retrieve" and not self._listening_raw:
             # livekit has no handler for `conversation.item.retrieved`; listen to
             # raw events only while an answer is due (a listener costs per event)
@@ -275,13 +301,19 @@ class SessionAdapter:
     def _on_output(self, out: Output) -> None:
         self._timings.settled(out)
         if isinstance(out, ItemConfirmed):
+            self.order.settled(out.item_id, True)
             if out.how != "ack":
-                self._mirror_insert(out.previous_item_id, out.item_id)
+                self._place_local(out.item_id)
         elif isinstance(out, ItemDeleted):
             if out.how == "absent":
                 with contextlib.suppress(ValueError):
                     self.mirror.delete(out.item_id)
-        elif isinstance(out, ItemRejected) and out.code == CONNECTION_RESET:
+            self.order.delete_answered(out.item_id)
+        elif isinstance(out, DeleteFailed):
+            self.order.delete_answered(out.item_id)
+        if isinstance(out, ItemRejected):
+            self.order.settled(out.item_id, False)
+        if isinstance(out, ItemRejected) and out.code == CONNECTION_RESET:
             logger.debug("chat item %s unanswered before a reconnect; replaying", out.item_id)
         elif isinstance(out, ItemRejected):
             logger.warning(
@@ -294,20 +326,48 @@ class SessionAdapter:
         elif isinstance(out, DeleteFailed):
             logger.warning("could not delete chat item %s: %s (%s)", out.item_id, out.code, out.message)
 
-    def _mirror_insert(self, prev: str | None, item_id: str) -> None:
-        mirror = self.mirror
-        if mirror.get(item_id) is not None or self._plan is None:
+    def _place_local(self, item_id: str) -> None:
+        """Mirror an item the engine knows is on the server without its ack
+        (inferred, duplicate, retrieved): where the protocol put it."""
+        if self.mirror.get(item_id) is not None or self._plan is None:
             return
         item = self._plan.local_items.get(item_id)
         if item is None:
             return
-        if prev is not None and mirror.get(prev) is None:
-            items = mirror.to_chat_ctx().items
-            prev = items[-1].id if items else None
-        try:
-            mirror.insert(prev, item)
-        except ValueError as e:
-            logger.debug("mirror insert of %s failed: %s", item_id, e)
+
+        def apply(prev: str | None) -> None:
+            if self.mirror.get(item_id) is None:
+                put_after(self.mirror, item, prev)
+
+        self.order.place(Placement(item_id, UNKNOWN, apply, guessed=True))
+
+    def _server_prev(self, event: Any) -> ServerPrev:
+        if self.provider.has(NULL_PREVIOUS_ITEM_ID):
+            return UNKNOWN
+        prev = getattr(event, "previous_item_id", None)
+        return prev if isinstance(prev, str) and prev else None
+
+    def _apply_ack(self, event: Any, item_id: str, prev: str | None) -> None:
+        """livekit's own ack handler (its futures, events, subclass logic), told
+        the predecessor the server chain gives; then the item is made to sit
+        exactly there whatever the handler did with it."""
+        mirror = self.mirror
+        if mirror.get(item_id) is None:
+            with contextlib.suppress(AttributeError, TypeError, ValueError):
+                event.previous_item_id = prev
+            self._orig_ack(event)
+        node = mirror.get(item_id)
+        item = node.item if node is not None else self._local_or_wire_item(event, item_id)
+        if item is not None:
+            put_after(mirror, item, prev)
+
+    def _local_or_wire_item(self, event: Any, item_id: str) -> Any:
+        local = self._plan.local_items.get(item_id) if self._plan is not None else None
+        if local is not None:
+            return local
+        raw = getattr(event, "item", None)
+        dump = getattr(raw, "model_dump", None)
+        return wire_item_to_livekit(dump() if callable(dump) else raw)  # type: ignore[arg-type]
 
     def _log_result(self, plan: UpdatePlan, result: ReplayResult) -> None:
         """Report the update: `last_report` / `reports`, its `chat_ctx.replay`
@@ -354,7 +414,7 @@ class SessionAdapter:
     def _on_ack(self, event: Any) -> None:
         item = event.item
         item_id = item.get("id") if isinstance(item, dict) else getattr(item, "id", None)
-        if self._driver is None and not self._finished:
+        if (self._driver is None and not self._finished) or not isinstance(item_id, str):
             self._orig_ack(event)
             return
         raw: dict[str, Any] = {
@@ -363,16 +423,44 @@ class SessionAdapter:
             "previous_item_id": getattr(event, "previous_item_id", None),
         }
         claimed = self._feed(raw, item_id)
-        if claimed and item_id is not None and self.mirror.get(item_id) is not None:
-            return  # a duplicate ack of an item already mirrored
-        self._orig_ack(event)
+        server_prev = self._server_prev(event)
+        mirror = self.mirror
+        if mirror.get(item_id) is not None:
+            if self.order.delete_pending_before_create(item_id):
+                # a re-created item acked before the delete of its old copy:
+                # the mirrored copy is the old one, and the delete's ack is moot
+                mirror.delete(item_id)
+                self.order.superseded.add(item_id)
+            elif claimed or self.order.knows(item_id):
+                self.order.confirm(item_id, server_prev)
+                return  # a duplicate or late ack of an item already mirrored
+            else:
+                self._orig_ack(event)
+                return
+        # livekit would insert it after whatever the ack names, right now; the
+        # order owns that, so an ack that overtook its predecessor's waits for it
+        apply = functools.partial(self._apply_ack, event, item_id)
+        self.order.place(Placement(item_id, server_prev, apply))
 
     def _on_deleted(self, event: Any) -> None:
         item_id = getattr(event, "item_id", None)
+        if not item_id and self.provider.has(EMPTY_DELETED_ITEM_ID):
+            # the server answers in order: an anonymous deletion is our oldest open delete
+            item_id = self.order.oldest_pending_delete()
+            if item_id is not None:
+                with contextlib.suppress(AttributeError, TypeError, ValueError):
+                    event.item_id = item_id
         claimed = self._feed({"type": "conversation.item.deleted", "item_id": item_id}, item_id)
+        if isinstance(item_id, str) and item_id in self.order.superseded:
+            self.order.superseded.discard(item_id)
+            self.order.delete_answered(item_id)
+            return  # about the old copy, already replaced in the mirror
         if claimed and item_id is not None and self.mirror.get(item_id) is None:
+            self.order.delete_answered(item_id)
             return  # already gone from the mirror (we settled it as absent)
         self._orig_deleted(event)
+        if isinstance(item_id, str):
+            self.order.delete_answered(item_id)
 
     def _on_error(self, event: Any) -> None:
         raw = {"type": "error", "error": _error_dict(getattr(event, "error", None))}
@@ -411,6 +499,8 @@ class SessionAdapter:
     def _on_reconnected(self, _ev: Any = None) -> None:
         ctx, self._reconnect_ctx = self._reconnect_ctx, None
         self._reasserted = False  # a new connection: its replay re-asserts again
+        # a fresh mirror: what waited for the old connection's answers is moot
+        self.order = self._new_order()
         if self.options.audio_gate_timeout is not None and self._held is None:
             # mid-call the activity is already live: without this, the caller's
             # audio reaches the new connection before the history it answers to

@@ -1,0 +1,180 @@
+"""Realtime providers that speak the OpenAI protocol, and their known quirks.
+
+Every deviation from the OpenAI Realtime protocol that the replay has to live
+with is one named :class:`Quirk` below, with the provider, the release it was
+seen on and the public source. :func:`provider_of` tells which provider a
+livekit realtime session talks to; the compat adapter asks the provider's
+quirks (never the provider's name) what to do, and the emulator can switch each
+quirk on (:mod:`livekit_history_plugin.testing._quirks`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "AZURE_PREVIEW_NO_RETRIEVE",
+    "EMPTY_DELETED_ITEM_ID",
+    "NULL_PREVIOUS_ITEM_ID",
+    "PROVIDERS",
+    "SERVER_REPLACES_ITEM_IDS",
+    "Provider",
+    "Quirk",
+    "UnsupportedRealtimeModel",
+    "provider_of",
+]
+
+
+class UnsupportedRealtimeModel(TypeError):
+    """A realtime model or session this plugin cannot make safe (not livekit's
+    OpenAI-protocol client, e.g. a fork with its own copy of livekit's code)."""
+
+
+@dataclass(frozen=True)
+class Quirk:
+    """One known deviation of a provider from the OpenAI Realtime protocol."""
+
+    name: str
+    provider: str
+    seen_on: str
+    source: str
+    rule: str
+    """What the replay does about it."""
+
+
+NULL_PREVIOUS_ITEM_ID = Quirk(
+    name="null_previous_item_id",
+    provider="xAI",
+    seen_on="livekit-plugins-xai 1.5.0 - 1.8.9 (grok-voice), LiveKit Inference xai/* in livekit-agents 1.8.9",
+    source="livekit/agents PR #5320; livekit-plugins-xai 1.8.9 `_handle_conversion_item_added`",
+    rule=(
+        "an ack's previous_item_id says nothing: an appended item is placed after the "
+        "nearest earlier item of the same burst the server took, an anchored one where "
+        "it was anchored"
+    ),
+)
+
+EMPTY_DELETED_ITEM_ID = Quirk(
+    name="empty_deleted_item_id",
+    provider="xAI",
+    seen_on="livekit-plugins-xai 1.5.0 - 1.8.9",
+    source="livekit/agents issue #6391 / PR #6392, issue #7073, PR #5320",
+    rule=(
+        "a conversation.item.deleted with an empty or missing item_id answers the oldest "
+        "delete still unanswered (the server answers in order)"
+    ),
+)
+
+SERVER_REPLACES_ITEM_IDS = Quirk(
+    name="server_replaces_item_ids",
+    provider="StepFun",
+    seen_on="Step-Realtime (step-1o-audio), livekit-plugins-stepfun 1.8.1.post0",
+    source="stepfun-ai/Step-Realtime-Console#13 (packet capture)",
+    rule=(
+        "not supported: livekit-plugins-stepfun is a fork of livekit's client, refused "
+        "with UnsupportedRealtimeModel; the emulator can reproduce it"
+    ),
+)
+
+# The Azure reference for api-version 2024-10-01-preview (MicrosoftDocs/azure-ai-docs
+# articles/ai-services/openai/realtime-audio-reference.md, dated 12/12/2024) lists nine
+# client events and no conversation.item.retrieve; the openai SDK only got the beta
+# retrieve type between 1.65.0 and 1.70.0 (about March 2025); the Jan-2026 Foundry
+# "Audio events reference" (articles/ai-foundry/openai/realtime-audio-reference.md)
+# lists it. Later preview versions are not confirmed either way, so only the version
+# documented without it is treated as lacking it.
+AZURE_PREVIEW_NO_RETRIEVE = Quirk(
+    name="no_retrieve",
+    provider="Azure OpenAI (preview, api-version 2024-10-01-preview)",
+    seen_on="api-version 2024-10-01-preview reference of 12/12/2024",
+    source="MicrosoftDocs/azure-ai-docs articles/ai-services/openai/realtime-audio-reference.md",
+    rule=(
+        "conversation.item.retrieve is never sent: a create whose ack is lost is "
+        "settled by the acks chained behind it, else it is given up after its timeout"
+    ),
+)
+
+_NO_RETRIEVE_UP_TO = "2024-10-01-preview"
+
+
+@dataclass(frozen=True)
+class Provider:
+    """A realtime service reached through livekit's OpenAI-protocol client."""
+
+    name: str
+    package: str
+    quirks: frozenset[Quirk] = field(default_factory=frozenset)
+
+    def has(self, quirk: Quirk) -> bool:
+        return quirk in self.quirks
+
+
+OPENAI = Provider("OpenAI", "livekit-plugins-openai")
+AZURE = Provider("Azure OpenAI", "livekit-plugins-openai")
+AZURE_PREVIEW_2024_10 = Provider(
+    "Azure OpenAI", "livekit-plugins-openai", frozenset({AZURE_PREVIEW_NO_RETRIEVE})
+)
+XAI = Provider(
+    "xAI", "livekit-plugins-xai", frozenset({NULL_PREVIOUS_ITEM_ID, EMPTY_DELETED_ITEM_ID})
+)
+LIVEKIT_INFERENCE = Provider("LiveKit Inference", "livekit-agents")
+LIVEKIT_INFERENCE_XAI = Provider(
+    "LiveKit Inference (xAI)",
+    "livekit-agents",
+    frozenset({NULL_PREVIOUS_ITEM_ID, EMPTY_DELETED_ITEM_ID}),
+)
+THUNDERPHONE = Provider("ThunderPhone", "livekit-plugins-thunderphone")
+
+PROVIDERS: tuple[Provider, ...] = (
+    OPENAI,
+    AZURE,
+    AZURE_PREVIEW_2024_10,
+    XAI,
+    LIVEKIT_INFERENCE,
+    LIVEKIT_INFERENCE_XAI,
+    THUNDERPHONE,
+)
+
+# forks of livekit's OpenAI client (not subclasses): their private names differ
+FORKS: dict[str, str] = {
+    "livekit.plugins.stepfun": "livekit-plugins-stepfun",
+    "livekit.plugins.aliyun": "livekit-plugins-aliyun",
+    "livekit.plugins.volcengine": "livekit-plugins-volcengine",
+}
+
+
+def provider_of(session: Any) -> Provider:
+    """The provider a livekit OpenAI-protocol realtime session talks to."""
+    module = type(session).__module__
+    if module.startswith("livekit.plugins.xai"):
+        return XAI
+    if module.startswith("livekit.plugins.thunderphone"):
+        return THUNDERPHONE
+    if module.startswith("livekit.agents.inference"):
+        # `_is_xai`: livekit-agents 1.8 LiveKit Inference, models named "xai/..."
+        return LIVEKIT_INFERENCE_XAI if getattr(session, "_is_xai", False) else LIVEKIT_INFERENCE
+    opts = _options(session)
+    if opts is None or not getattr(opts, "is_azure", False):
+        return OPENAI
+    api_version = getattr(opts, "api_version", None)
+    if isinstance(api_version, str) and api_version and api_version <= _NO_RETRIEVE_UP_TO:
+        return AZURE_PREVIEW_2024_10
+    return AZURE
+
+
+def fork_package(obj: Any) -> str | None:
+    """The package name when `obj` (a model or session) comes from a known fork."""
+    module = type(obj).__module__
+    for prefix, package in FORKS.items():
+        if module.startswith(prefix):
+            return package
+    return None
+
+
+def _options(session: Any) -> Any:
+    opts = getattr(session, "_opts", None)
+    if opts is None:
+        model = getattr(session, "_realtime_model", None)
+        opts = getattr(model, "_opts", None)
+    return opts
