@@ -81,7 +81,11 @@ async def test_errors_without_event_id_and_a_dropped_ack(
 
 
 async def test_dropped_last_ack_is_verified(path: Any, emulator: RealtimeEmulator) -> None:
-    emulator.faults.drop_acks = lambda item_id, _ack: item_id == IDS[-1]
+    # the create's ack only: where retrieve is missing (Azure 2024-10-01-preview) the
+    # check is a delete probe, whose own ack must come through
+    emulator.faults.drop_acks = lambda item_id, ack: (
+        item_id == IDS[-1] and ack["type"] != "conversation.item.deleted"
+    )
     t0 = time.perf_counter()
     server, mirror, result = await replay(path, emulator, IDS)
     assert server == IDS
