@@ -2,7 +2,11 @@
 
 `wrap_realtime_model(model)` returns the same model object; every session it
 creates from then on has the safe chat-context replay installed by the adapter
-of its livekit code path.
+of its livekit code path (`releases.ROUTES`). A session no adapter is known to
+fit — a livekit minor outside the tested ones, an unknown session class, a
+subclass overriding what the adapter replaces, a session missing a name the
+adapter needs — runs sanitizer-only (`degraded.py`), and the model logs one
+warning saying why. Nothing is ever half-installed.
 """
 
 from __future__ import annotations
@@ -16,7 +20,19 @@ from .. import _plugin  # noqa: F401  (registers with livekit)
 from ..log import logger
 from ._adapter import ReplayOptions, SessionAdapter, adapter_of
 from .beta import BetaSessionAdapter
+from .degraded import SanitizerOnly, sanitizer_only_of
 from .ga_pre15 import GAPre15SessionAdapter
+from .pre12 import Pre12SessionAdapter
+from .releases import (
+    AGENTS,
+    PLUGIN,
+    SUPPORTED,
+    TESTED_RELEASES,
+    Dispatch,
+    dispatch,
+    parse_release,
+    supported_range_text,
+)
 from .unified import UnifiedSessionAdapter
 
 __all__ = [
@@ -24,9 +40,15 @@ __all__ = [
     "SessionAdapter",
     "BetaSessionAdapter",
     "GAPre15SessionAdapter",
+    "Pre12SessionAdapter",
     "UnifiedSessionAdapter",
+    "SanitizerOnly",
+    "TESTED_RELEASES",
+    "Dispatch",
     "adapter_of",
-    "adapter_for_session",
+    "sanitizer_only_of",
+    "dispatch_session",
+    "installed_versions",
     "install",
     "replay_options_of",
     "wrap_realtime_model",
@@ -35,45 +57,54 @@ __all__ = [
 M = TypeVar("M")
 _WRAPPED = "_lhp_wrapped"
 _OPTIONS = "_lhp_options"
+_WARNED = "_lhp_degraded_warned"
+
+LIVEKIT_VERSION = parse_release(_LIVEKIT_VERSION)
+
+# names every full adapter reads or replaces on the session instance
+_NEEDED = ("_remote_chat_ctx", "update_chat_ctx", "truncate", "push_audio", "send_event", "on")
 
 
-def _version_tuple(v: str) -> tuple[int, ...]:
-    parts: list[int] = []
-    for p in v.split("."):
-        digits = "".join(ch for ch in p if ch.isdigit())
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
+def installed_versions() -> dict[str, str]:
+    """The installed livekit-agents and livekit-plugins-openai versions."""
+    try:
+        from livekit.plugins.openai import __version__ as plugin
+    except ImportError:  # only livekit-agents installed (another provider's model)
+        plugin = ""
+    return {AGENTS: _LIVEKIT_VERSION, PLUGIN: plugin}
 
 
-LIVEKIT_VERSION = _version_tuple(_LIVEKIT_VERSION)
-
-
-def adapter_for_session(session: Any) -> type[SessionAdapter]:
-    """The adapter class for a livekit realtime session instance."""
-    name = type(session).__name__
-    if name == "RealtimeSessionBeta":
-        return BetaSessionAdapter
-    if LIVEKIT_VERSION < (1, 5):
-        return GAPre15SessionAdapter
-    if LIVEKIT_VERSION >= (2,):
-        logger.warning(
-            "livekit-agents %s is newer than the releases this plugin was tested on "
-            "(1.2 - 1.x); using the 1.5+ adapter",
-            _LIVEKIT_VERSION,
+def dispatch_session(session: Any, versions: dict[str, str] | None = None) -> Dispatch:
+    """The adapter for one livekit realtime session instance, or why there is none."""
+    found = dispatch(type(session), versions or installed_versions())
+    if found.adapter is None:
+        return found
+    adapter = found.adapter
+    needed = (adapter.ACK_HANDLER, adapter.DELETE_HANDLER, adapter.ERROR_HANDLER, *_NEEDED)
+    missing = [n for n in needed if not hasattr(session, n)]
+    if missing:
+        return Dispatch(
+            None, f"{type(session).__qualname__} lacks {', '.join(missing)}", found.route
         )
-    return UnifiedSessionAdapter
+    return found
 
 
-def install(session: Any, options: ReplayOptions | None = None) -> SessionAdapter:
-    """Install the safe replay on one existing realtime session (idempotent)."""
-    found = adapter_of(session)
+def install(
+    session: Any, options: ReplayOptions | None = None, versions: dict[str, str] | None = None
+) -> SessionAdapter | SanitizerOnly:
+    """Install the safe replay on one existing realtime session (idempotent):
+    the full adapter of its route, else sanitizer-only (see `reason`)."""
+    found = adapter_of(session) or sanitizer_only_of(session)
     if found is not None:
         return found
-    adapter = adapter_for_session(session)(session, options)
-    adapter.install()
-    return adapter
+    route = dispatch_session(session, versions)
+    wrapping: SessionAdapter | SanitizerOnly
+    if route.adapter is None:
+        wrapping = SanitizerOnly(session, route.reason)
+    else:
+        wrapping = route.adapter(session, options)
+    wrapping.install()
+    return wrapping
 
 
 def replay_options_of(model: Any) -> ReplayOptions | None:
@@ -88,21 +119,50 @@ def wrap_realtime_model(model: M, *, options: ReplayOptions | None = None) -> M:
     Returns the same object, so it drops in where the model is built:
     `AgentSession(llm=wrap_realtime_model(openai.realtime.RealtimeModel(...)))`.
     Wrapping again is harmless; given `options`, it replaces the options that
-    sessions created from then on get.
+    sessions created from then on get. A livekit release outside the tested
+    ones is reported here, at wrap time; an unknown session class when the
+    first session is created. Either way once, and the sessions run
+    sanitizer-only.
+
+    Raises:
+        TypeError: `model` is not a livekit realtime model (no `session()`).
     """
+    original = getattr(model, "session", None)
+    if not callable(original):
+        raise TypeError(
+            "wrap_realtime_model() needs a livekit realtime model (one with .session()), "
+            f"such as livekit.plugins.openai.realtime.RealtimeModel; got {type(model).__name__}"
+        )
     if getattr(model, _WRAPPED, False):
         if options is not None:
             setattr(model, _OPTIONS, options)
         return model
-    original = model.session  # type: ignore[attr-defined]
+    if not SUPPORTED[0] <= LIVEKIT_VERSION[:2] <= SUPPORTED[1]:
+        _warn_degraded(model, f"{AGENTS} {_LIVEKIT_VERSION} is outside the releases this "
+                       f"plugin is tested on ({supported_range_text()})")
 
     @functools.wraps(original)
     def session(*args: Any, **kwargs: Any) -> Any:
         sess = original(*args, **kwargs)
-        install(sess, getattr(model, _OPTIONS, None))
+        wrapping = install(sess, getattr(model, _OPTIONS, None))
+        if isinstance(wrapping, SanitizerOnly):
+            _warn_degraded(model, wrapping.reason)
         return sess
 
     model.session = session  # type: ignore[attr-defined]
     setattr(model, _OPTIONS, options)
     setattr(model, _WRAPPED, True)
     return model
+
+
+def _warn_degraded(model: Any, reason: str) -> None:
+    if getattr(model, _WARNED, False):
+        return
+    setattr(model, _WARNED, True)
+    logger.warning(
+        "livekit-history-plugin runs sanitizer-only on this model: %s. Chat context is "
+        "sanitized before livekit's own update_chat_ctx; the ack-matched replay, the safe "
+        "reconnect / truncate replays and the audio gate are off. Tested releases: %s",
+        reason,
+        ", ".join(TESTED_RELEASES),
+    )

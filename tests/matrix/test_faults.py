@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from livekit import rtc
 from livekit.agents import llm
+from matrix_helpers import HAS_RECONNECT, HAS_TEXT_TRUNCATE
 
 from livekit_history_plugin import ReplayOptions, wrap_realtime_model
 from livekit_history_plugin.compat import adapter_of
@@ -139,6 +140,10 @@ async def test_rejection_between_existing_items_is_rechained(
     assert result.resends == 3
 
 
+@pytest.mark.skipif(
+    not HAS_TEXT_TRUNCATE,
+    reason="livekit 1.0 - 1.1: truncate sends only conversation.item.truncate (no chat context)",
+)
 async def test_truncate_text_path_is_safe(path: Any, emulator: RealtimeEmulator) -> None:
     """livekit's text `truncate` rewrites one item through its own chat-ctx events;
     wrapped, it goes through the safe replay (delete + create of that item)."""
@@ -240,6 +245,10 @@ async def test_replay_while_a_response_is_generated(path: Any, emulator: Realtim
     assert len(server) == 13  # + the response's own assistant item
 
 
+@pytest.mark.skipif(
+    not HAS_RECONNECT,
+    reason="livekit 1.0 has no reconnect: a closed socket ends the session (test_release_gating.py)",
+)
 async def test_caller_audio_waits_for_history_after_a_reconnect(
     path: Any, emulator: RealtimeEmulator
 ) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from livekit.agents import Agent, AgentSession, RunContext, function_tool
+from matrix_helpers import user_turn
 
 from livekit_history_plugin import wrap_realtime_model
 from livekit_history_plugin.testing import ConversationView, RealtimeEmulator, reply_with_tool
@@ -51,7 +52,7 @@ async def _run_handoff(model: Any) -> tuple[AgentB, AgentSession]:
     session: AgentSession = AgentSession(llm=model)
     agent_a = Agent(instructions="You are the greeter.")
     await session.start(agent_a)
-    await session.run(user_input="hello, I need the specialist")
+    await user_turn(session, "hello, I need the specialist")
     agent_b = AgentB(chat_ctx=agent_a.chat_ctx)
     session.update_agent(agent_b)
     await asyncio.wait_for(agent_b.entered.wait(), 15)
@@ -62,7 +63,7 @@ async def test_handoff_then_update_chat_ctx_is_safe(path: Any, emulator: Realtim
     model = wrap_realtime_model(path.build(emulator))
     agent_b, session = await _run_handoff(model)
     try:
-        result = await session.run(user_input="what did I ask for?")
+        result = await user_turn(session, "what did I ask for?")
         assert result is not None
         server_texts = [text for _role, text in emulator.last_session.texts()]
     finally:
@@ -104,7 +105,7 @@ async def test_tool_handoff_then_update_chat_ctx_is_safe(
     session: AgentSession = AgentSession(llm=model)
     try:
         await session.start(agent_a)
-        await asyncio.wait_for(session.run(user_input=ASK), 20)
+        await asyncio.wait_for(user_turn(session, ASK), 20)
         await emulator.wait_until(lambda: agent_a.agent_b is not None, 15)
         agent_b = agent_a.agent_b
         assert agent_b is not None
