@@ -7,11 +7,12 @@ store: LIVEKIT_HISTORY_URL (default sqlite:///livekit_history.db).
 
 Two agents: a Greeter that hands off to a Specialist by returning it from its
 `transfer_to_specialist` tool, both with a `remember_preference` tool that
-stores a durable fact for every later call (the agents are defined in
-`livekit_history_plugin/demo.py`, shared with the offline demo).
+stores a durable fact for every later call (`livekit_history_plugin.example_agents`,
+which the offline demo runs too).
 
-    python examples/voice_agent.py dev      # or start / console, as any LiveKit agent
+    python examples/voice_agent.py dev      # or start, as any LiveKit agent
                                             # (LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET)
+    python examples/voice_agent.py console  # talk to it in the terminal, no LiveKit server
     python examples/voice_agent.py demo     # offline: no credentials, no network
 """
 
@@ -24,9 +25,17 @@ from typing import Any
 from livekit.agents import AgentSession, JobContext, JobProcess, WorkerOptions, cli
 from livekit.plugins import openai
 
+import livekit_history_plugin
 from livekit_history_plugin import HistoryPlugin
-from livekit_history_plugin.demo import GREETER_INSTRUCTIONS, CallState, Greeter
-from livekit_history_plugin.history import tokens
+from livekit_history_plugin.example_agents import GREETER_INSTRUCTIONS, CallState, Greeter
+
+# commands that connect the worker to a LiveKit server, and what each needs
+_SERVER_COMMANDS = ("dev", "start", "connect")
+_SERVER_SETTINGS = (
+    ("LIVEKIT_URL", "--url"),
+    ("LIVEKIT_API_KEY", "--api-key"),
+    ("LIVEKIT_API_SECRET", "--api-secret"),
+)
 
 
 def realtime_model() -> Any:
@@ -47,7 +56,7 @@ def realtime_model() -> Any:
 def prewarm(proc: JobProcess) -> None:
     # one store connection (pool) per worker process, shared by its calls
     proc.userdata["history"] = HistoryPlugin()
-    tokens.warm_up()  # build the tokenizer now, not during the first call
+    livekit_history_plugin.warm_up()  # build the tokenizer now, not during the first call
 
 
 async def entrypoint(ctx: JobContext) -> None:
@@ -74,11 +83,39 @@ async def entrypoint(ctx: JobContext) -> None:
     await session.generate_reply(instructions="Greet the caller.")
 
 
-def main() -> None:
-    if sys.argv[1:2] == ["demo"]:
-        from livekit_history_plugin.cli import main as history_cli
+def missing_settings(argv: list[str]) -> list[str]:
+    """What a command that connects to a LiveKit server lacks (env var or option)."""
+    if argv[:1] and argv[0] not in _SERVER_COMMANDS:
+        return []
+    given = {a.split("=", 1)[0] for a in argv}
+    return [env for env, option in _SERVER_SETTINGS if not os.environ.get(env) and option not in given]
 
-        sys.exit(history_cli(["demo", *sys.argv[2:]]))
+
+def missing_model_settings() -> list[str]:
+    """What the realtime model lacks: Azure's three settings, or an OpenAI key."""
+    if os.environ.get("AZURE_OPENAI_ENDPOINT"):
+        needed = ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_DEPLOYMENT")
+        return [name for name in needed if not os.environ.get(name)]
+    return [] if os.environ.get("OPENAI_API_KEY") else ["OPENAI_API_KEY (or AZURE_OPENAI_*)"]
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if argv[:1] == ["demo"]:
+        from livekit_history_plugin._cli_main import main as history_cli
+
+        sys.exit(history_cli(["demo", *argv[1:]]))
+    if argv[:1] and argv[0] in (*_SERVER_COMMANDS, "console"):
+        # livekit would start anyway and fail later with a traceback (and exit 0)
+        missing = (missing_settings(argv) if argv[0] != "console" else []) + (
+            missing_model_settings()
+        )
+        if missing:
+            sys.stderr.write(
+                f"error: {argv[0]} needs {', '.join(missing)}: set them in the environment "
+                "(see the README, section \"Example voice agent\")\n"
+            )
+            sys.exit(2)
     cli.run_app(WorkerOptions(entrypoint_fnc=entrypoint, prewarm_fnc=prewarm))
 
 

@@ -1418,6 +1418,14 @@ def demo(
     mode: Annotated[
         Mode, typer.Option("--mode", "-m", help="Replay mode (items shows one item per turn).")
     ] = Mode.items,
+    forget_history: Annotated[
+        bool,
+        typer.Option(
+            "--forget-history",
+            help="Delete call 1's turns before call 2 (facts stay): the checks then fail, "
+            "which shows they test the replayed history.",
+        ),
+    ] = False,
 ) -> None:
     """Run the offline demo: two calls of one caller, real livekit AgentSession, local
     realtime emulator, SQLite store; no credentials or network needed."""
@@ -1437,6 +1445,7 @@ def demo(
                     mode=mode.value,  # type: ignore[arg-type]
                     console=settings.out,
                     verbose=settings.verbose,
+                    forget_history=forget_history,
                 )
             )
         except (typer.Exit, KeyboardInterrupt):

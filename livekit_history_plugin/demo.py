@@ -1,4 +1,4 @@
-"""The offline demo, and the agents it shares with `examples/voice_agent.py`.
+"""The offline demo: two calls of one caller with the agents of `examples/voice_agent.py`.
 
 `run_demo()` plays two calls of the same caller on a real livekit
 `AgentSession` (text mode, `session.run(user_input=...)`) against the bundled
@@ -7,11 +7,13 @@ replayed into call 2 item by item with the server's acknowledgements, and that
 call 2's reply knows call 1. No credentials, no network: `livekit-history demo`
 or `python examples/voice_agent.py demo`.
 
-The agents are the example's: a `Greeter` that hands off to a `Specialist`
-(returning it from its `transfer_to_specialist` tool), both with the
-`remember_preference` tool that stores a durable fact. The emulator's scripted
-"model" calls those real tools (`reply_with_tool`), so the handoff and the
-fact go through livekit's own tool execution, as with a real realtime model.
+The agents are `example_agents`' (the example worker's): a `Greeter` that hands
+off to a `Specialist`, both with the `remember_preference` tool. The emulator's
+scripted "model" calls those real tools (`reply_with_tool`), so the handoff and
+the fact go through livekit's own tool execution, as with a real realtime
+model. Asked in call 2 which order the caller asked about last time, it
+answers from what the server holds besides the question
+(`orders_before_this_question`): only the replayed history names the order.
 """
 
 from __future__ import annotations
@@ -28,15 +30,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from livekit.agents import Agent, AgentSession, RunContext, function_tool, llm
+from livekit.agents import AgentSession, llm
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
+from .example_agents import (
+    GREETER_INSTRUCTIONS,
+    ORDERS,
+    SPECIALIST_INSTRUCTIONS,
+    CallState,
+    Greeter,
+    Specialist,
+    remember_preference,
+    save_preference,
+)
 from .history.models import Role, Turn
 from .history.plugin import HistoryConfig, HistoryPlugin, LoadedHistory
-from .history.render import FACTS_TAG, HISTORY_TAG, SUMMARY_LABEL, ReplayMode, base_instructions
+from .history.render import FACTS_TAG, HISTORY_TAG, ReplayMode
 from .history.tokens import message_tokens
 
 if TYPE_CHECKING:
@@ -44,39 +56,29 @@ if TYPE_CHECKING:
     from .testing.emulator import ReplyFn
 
 __all__ = [
+    # the agents, from `example_agents` (imported from here by earlier releases)
     "GREETER_INSTRUCTIONS",
     "SPECIALIST_INSTRUCTIONS",
     "CallState",
-    "DemoResult",
     "Greeter",
     "Specialist",
     "remember_preference",
-    "run_demo",
     "save_preference",
+    # the demo
+    "DemoResult",
+    "orders_before_this_question",
+    "run_demo",
 ]
 
 DemoProvider = Literal["azure", "openai"]
-
-GREETER_INSTRUCTIONS = (
-    "You are the greeter of Acme's order hotline. Greet the caller, by name if you know it. "
-    "For anything about an order, call transfer_to_specialist. When the caller states a "
-    "lasting preference (how to reach them, language, ...), call remember_preference."
-)
-SPECIALIST_INSTRUCTIONS = (
-    "You are Acme's order specialist. Look orders up with check_order and give their status "
-    "in one or two short sentences. When the caller states a lasting preference, call "
-    "remember_preference."
-)
-SPECIALIST_GREETING = "Introduce yourself as the order specialist and answer the order question."
-
-# an order system, for the specialist's tool
-ORDERS = {"4711": "shipped yesterday; it arrives tomorrow before noon"}
 
 # what the demo caller says
 CALL_1_FIRST = "Hi, this is Ada. Where is my order 4711?"
 CALL_1_SECOND = "Please text me when it arrives, I don't like phone calls."
 PREFERENCE = ("contact", "Prefers a text message over a phone call.")
-CALL_2_FIRST = "Hi, it's Ada again. Any news?"
+# the question of call 2: only the history of call 1 says which order it was
+CALL_2_FIRST = "Hi, it's Ada again. Which order did I ask about last time?"
+CALL_1_ORDER = "4711"
 
 _PROVIDER_LABEL = {
     "azure": "Azure OpenAI, legacy api-version (beta dialect)",
@@ -88,151 +90,83 @@ _ACKS = ("conversation.item.created", "conversation.item.added")
 _HARMLESS_ERRORS = frozenset({"response_cancel_not_active"})
 
 
-# -- the agents (shared with examples/voice_agent.py) -----------------------------------------
-
-
-@dataclass
-class CallState:
-    """Per-call data the tools reach through `RunContext.userdata`."""
-
-    history: HistoryPlugin
-    user_id: str
-    loaded: LoadedHistory | None = None
-    # the instructions `history.load()` was given (the first agent's own)
-    loaded_for: str = GREETER_INSTRUCTIONS
-
-    def instructions_for(self, agent_instructions: str) -> str:
-        """Another agent's instructions with what `load()` added for the first one:
-        the caller's facts and, in `instructions` mode, the history block."""
-        loaded = self.loaded
-        if loaded is None:
-            return agent_instructions
-        first = base_instructions(self.loaded_for, loaded.facts, loaded.mode)
-        block = loaded.instructions[len(first) :] if loaded.instructions.startswith(first) else ""
-        return base_instructions(agent_instructions, loaded.facts, loaded.mode) + block
-
-
-async def save_preference(state: CallState, key: str, preference: str) -> str:
-    """Store a durable fact; it is in the instructions of every later call."""
-    fact = await state.history.remember(state.user_id, key, preference)
-    return f"Saved for every later call: {fact.key} = {fact.text}"
-
-
-@function_tool
-async def remember_preference(context: RunContext[CallState], key: str, preference: str) -> str:
-    """Remember a lasting preference of the caller for all later calls.
-
-    Args:
-        key: a short name for it, e.g. "contact" or "language"
-        preference: the preference in one sentence, e.g. "Prefers text messages over calls."
-    """
-    return await save_preference(context.userdata, key, preference)
-
-
-class Specialist(Agent):
-    """The order specialist; it takes over the conversation from the greeter."""
-
-    def __init__(self, *, instructions: str, chat_ctx: llm.ChatContext | None = None) -> None:
-        super().__init__(instructions=instructions, chat_ctx=chat_ctx, tools=[remember_preference])
-
-    async def on_enter(self) -> None:
-        self.session.generate_reply(instructions=SPECIALIST_GREETING)
-
-    @function_tool
-    async def check_order(self, order_id: str) -> str:
-        """Look up the delivery status of an order.
-
-        Args:
-            order_id: the order number the caller gave
-        """
-        status = ORDERS.get(order_id.strip().lstrip("#"))
-        return f"Order {order_id}: {status}." if status else f"There is no order {order_id}."
-
-
-class Greeter(Agent):
-    """The first agent of every call; hands order questions to the `Specialist`."""
-
-    def __init__(
-        self, *, instructions: str = GREETER_INSTRUCTIONS, chat_ctx: llm.ChatContext | None = None
-    ) -> None:
-        super().__init__(instructions=instructions, chat_ctx=chat_ctx, tools=[remember_preference])
-
-    def handoff(self, state: CallState) -> Specialist:
-        """The specialist, with this conversation and the caller's facts (and history)."""
-        return Specialist(
-            instructions=state.instructions_for(SPECIALIST_INSTRUCTIONS), chat_ctx=self.chat_ctx
-        )
-
-    @function_tool
-    async def transfer_to_specialist(self, context: RunContext[CallState]) -> tuple[Agent, str]:
-        """Transfer the caller to the order specialist, for anything about an order."""
-        return self.handoff(context.userdata), "Transferring you to our order specialist."
-
-
 # -- the emulator's "model" ------------------------------------------------------------------------
 
 
 @dataclass
 class _Seen:
-    """History item ids of the current call, so the scripted reply can point at them."""
+    """History item ids of the current call, so the demo can show what was replayed."""
 
     history_ids: set[str] = field(default_factory=set)
 
 
-_CALLER_LINE = re.compile(r'^caller(?: \(interrupted\))?: (".*")$', re.MULTILINE)
+_ORDER_NUMBER = re.compile(r"\border\s+(?:number\s+)?#?(\d{3,})", re.IGNORECASE)
 _FACT_LINE = re.compile(r'^- (".*?"): (".*")$', re.MULTILINE)
-
-
-def _earlier_calls(view: ConversationView, seen: _Seen) -> str | None:
-    """Where the model sees earlier calls, and the first thing the caller said there."""
-    history = [i for i in view.items if i.get("id") in seen.history_ids]
-    places: list[tuple[str, str]] = [
-        (f"{len(history)} replayed items", view.text_of(i))
-        for i in history
-        if i.get("role") == "user"
-    ]
-    if view.instructions and f"<{HISTORY_TAG}>" in view.instructions:
-        places.append(("the transcript in my instructions", view.instructions))
-    for where, text in places:
-        if text.startswith(SUMMARY_LABEL):
-            continue
-        line = _CALLER_LINE.search(text)
-        if line is not None:  # a transcript block: caller lines are JSON strings
-            first: str = json.loads(line.group(1))
-            return f'{where}, starting with "{first}"'
-        if f"<{HISTORY_TAG}>" not in text:
-            return f'{where}, starting with "{text}"'
-    return None
+_HISTORY_BLOCK = re.compile(rf"<{HISTORY_TAG}>(.*?)</{HISTORY_TAG}>", re.DOTALL)
 
 
 def _facts_in(instructions: str | None) -> list[str]:
     if not instructions or f"<{FACTS_TAG}>" not in instructions:
         return []
     block = instructions.split(f"<{FACTS_TAG}>", 1)[1].split(f"</{FACTS_TAG}>", 1)[0]
-    return [f"{json.loads(k)} = {json.loads(v)}" for k, v in _FACT_LINE.findall(block)]
+    return [json.loads(v) for _k, v in _FACT_LINE.findall(block)]
+
+
+def orders_before_this_question(view: ConversationView) -> list[str]:
+    """Order numbers in what the server holds besides the caller's current question:
+    the earlier conversation items and the history block of the instructions.
+
+    The scripted model answers CALL_2_FIRST from these alone, so its answer
+    knows call 1's order only if the replayed history reached the server.
+    """
+    messages = view.messages()
+    earlier = [view.text_of(m) for m in messages[:-1]]  # the last one is the question
+    if view.instructions:
+        earlier += _HISTORY_BLOCK.findall(view.instructions)
+    found: list[str] = []
+    for text in earlier:
+        for number in _ORDER_NUMBER.findall(text):
+            if number not in found:
+                found.append(number)
+    return found
+
+
+def _returning_caller_answer(view: ConversationView) -> str:
+    orders = orders_before_this_question(view)
+    known = (
+        f"Last time you asked about order {orders[-1]}."
+        if orders
+        else "I have no record of an earlier order."
+    )
+    facts = _facts_in(view.instructions)
+    noted = f" Noted from earlier calls: {' '.join(facts)}" if facts else ""
+    return f"Welcome back! {known}{noted}"
+
+
+def _scripted_answer(view: ConversationView) -> str:
+    """The "model" of the demo: it answers from what the server holds, and never
+    quotes conversation items back (a quoted history block would be recorded
+    and replayed again, nested, on every later call)."""
+    if view.last_user_text == CALL_2_FIRST:
+        return _returning_caller_answer(view)
+    asked = _ORDER_NUMBER.findall(view.last_user_text or "")
+    if asked:
+        status = ORDERS.get(asked[-1])
+        return f"Order {asked[-1]}: {status}." if status else f"There is no order {asked[-1]}."
+    return "Understood. Anything else I can do for you?"
 
 
 def _demo_reply(seen: _Seen) -> ReplyFn:
-    """The emulator's default reply (what the model saw), plus what it knows from
-    earlier calls: the replayed history and the facts in its instructions."""
-    from .testing import default_reply, reply_with_tool
+    """The scripted model: it calls the agents' real tools, as a realtime model would,
+    and otherwise answers with `_scripted_answer`."""
+    from .testing import reply_with_tool
 
-    def reply(view: ConversationView) -> str:
-        text = default_reply(view)
-        earlier = _earlier_calls(view, seen)
-        facts = _facts_in(view.instructions)
-        known = [earlier] if earlier else []
-        if facts:
-            known.append("facts in my instructions: " + ", ".join(facts))
-        return f"{text} (From earlier calls: {'; '.join(known)})" if known else text
-
-    # the "model" calls the agents' real tools, as a realtime model would
     key, preference = PREFERENCE
     remembering = reply_with_tool(
         "remember_preference",
         lambda view: view.last_user_text == CALL_1_SECOND,
         arguments={"key": key, "preference": preference},
-        otherwise=reply,
+        otherwise=_scripted_answer,
     )
     return reply_with_tool(
         "transfer_to_specialist",
@@ -525,8 +459,14 @@ async def run_demo(
     mode: ReplayMode = "items",
     console: Console | None = None,
     verbose: bool = False,
+    forget_history: bool = False,
 ) -> DemoResult:
-    """Two calls of `user_id`; the second remembers the first. See the module doc."""
+    """Two calls of `user_id`; the second remembers the first. See the module doc.
+
+    `forget_history` deletes call 1's turns before call 2 (the facts stay): then
+    call 2 cannot know call 1's order and the demo's checks fail, which shows
+    they test the replayed history and nothing else.
+    """
     from .testing import RealtimeEmulator  # the worker in examples/ never loads the emulator
 
     console = console or Console()
@@ -550,7 +490,9 @@ async def run_demo(
             history = HistoryPlugin(store_url, HistoryConfig(store_url=store_url, mode=mode))
             try:
                 await history.open()
-                result = await _two_calls(emu, history, user_id, provider, console, seen)
+                result = await _two_calls(
+                    emu, history, user_id, provider, console, seen, forget_history
+                )
             finally:
                 await history.aclose()
     result.seconds = time.perf_counter() - started
@@ -565,6 +507,7 @@ async def _two_calls(
     provider: DemoProvider,
     console: Console,
     seen: _Seen,
+    forget_history: bool,
 ) -> DemoResult:
     before = await history.store.count_turns(user_id)
     stored = "nothing stored yet" if not before else f"{_plural(before, 'turn')} stored before"
@@ -575,6 +518,9 @@ async def _two_calls(
     facts = await history.facts(user_id)
     for f in facts:
         console.print(f"   durable fact [cyan]{escape(f.key)}[/cyan]: {escape(f.text)}")
+    if forget_history:
+        await _forget_turns(history, user_id)
+        console.print("   [yellow]--forget-history: every stored turn deleted, facts kept[/yellow]")
 
     console.rule("[bold]Call 2[/bold]: same caller, new session", align="left")
     call_2 = await _call(emu, history, user_id, provider, console, seen, _call_2)
@@ -589,6 +535,17 @@ async def _two_calls(
         seconds=0.0,
         store_url=history.store.url,
     )
+
+
+async def _forget_turns(history: HistoryPlugin, user_id: str) -> None:
+    facts = await history.facts(user_id)
+    await history.store.delete_user(user_id)
+    for fact in facts:
+        await history.store.save_fact(fact)
+
+
+def _outside_history(instructions: str | None) -> str:
+    return _HISTORY_BLOCK.sub("", instructions or "")
 
 
 def _checks(
@@ -622,11 +579,21 @@ def _checks(
             "the remembered preference is in call 2's instructions",
             fact_text in (call_2.server.instructions or ""),
         ),
-        (
-            "call 2's reply knows call 1",
-            bool(replies) and CALL_1_FIRST in replies[-1] and fact_text in replies[-1],
-        ),
+        _knows_call_1(call_2, replies[-1] if replies else ""),
     ]
+
+
+def _knows_call_1(call_2: _Call, reply: str) -> tuple[str, bool]:
+    """The order number of call 1 is nowhere in call 2 but in the replayed history
+    (not in the question, not in the agent's instructions or facts): a reply
+    naming it was answered from that history."""
+    only_in_history = CALL_1_ORDER not in CALL_2_FIRST + _outside_history(
+        call_2.server.instructions
+    )
+    return (
+        f"call 2's reply names order {CALL_1_ORDER}, which only call 1's replayed history holds",
+        only_in_history and f"order {CALL_1_ORDER}" in reply,
+    )
 
 
 def _replay_check(call_2: _Call, replayed: list[ReplayedItem]) -> tuple[str, bool]:
