@@ -20,7 +20,13 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["TRACING_AVAILABLE", "capture_spans", "content_outside_pii", "spans_named"]
+__all__ = [
+    "TRACING_AVAILABLE",
+    "allow_pii_supported",
+    "capture_spans",
+    "content_outside_pii",
+    "spans_named",
+]
 
 TRACING_AVAILABLE = importlib.util.find_spec("livekit.agents.telemetry") is not None
 
@@ -73,12 +79,18 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(v)
 
 
-def content_outside_pii(exporter: Any, texts: Iterable[str]) -> list[tuple[str, str, str]]:
+def content_outside_pii(
+    exporter: Any, texts: Iterable[str], *, names: Iterable[str] | None = None
+) -> list[tuple[str, str, str]]:
     """(span, attribute, text) for each of `texts` found in an attribute (of a
-    span or of one of its events) without a `pii` segment in its name."""
+    span or of one of its events) without a `pii` segment in its name; in the
+    spans called `names`, or in every span."""
     wanted = [t for t in texts if t]
+    only = set(names) if names is not None else None
     found: list[tuple[str, str, str]] = []
     for span in exporter.get_finished_spans():
+        if only is not None and span.name not in only:
+            continue
         attribute_sets = [dict(span.attributes or {})]
         attribute_sets += [dict(e.attributes or {}) for e in span.events]
         for attributes in attribute_sets:

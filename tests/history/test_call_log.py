@@ -21,6 +21,7 @@ from livekit_history_plugin.history.stores import open_store
 from livekit_history_plugin.testing import RealtimeEmulator
 from livekit_history_plugin.testing.spans import (
     TRACING_AVAILABLE,
+    allow_pii_supported,
     capture_spans,
     content_outside_pii,
     spans_named,
@@ -29,6 +30,7 @@ from livekit_history_plugin.testing.spans import (
 USER = "caller-4711"
 FIRST_CALL = ["Hi, I'm Ada, my order 4711 is late.", "Please text me, no calls."]
 SECOND_CALL = ["Any news on the order?"]
+OUR_SPANS = ("history.load", "chat_ctx.replay", "audio_gate", "history.record")
 
 
 @pytest.fixture
@@ -111,4 +113,8 @@ async def test_two_calls_leave_spans_reports_and_call_records(
     # no content outside lk.pii.*: turn texts, replies, instructions, the user id
     replies = [r for r in first.replies + second.replies if r]
     content = [*FIRST_CALL, *SECOND_CALL, *replies, AGENT_INSTRUCTIONS, USER]
-    assert content_outside_pii(exporter, content) == []
+    assert content_outside_pii(exporter, content, names=OUR_SPANS) == []
+    if allow_pii_supported():
+        # livekit 1.8 marks its own content too: then no span of the trace has any
+        # (before 1.8 livekit's own `lk.response.text` carries the replies)
+        assert content_outside_pii(exporter, content) == []
