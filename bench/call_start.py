@@ -9,6 +9,10 @@ call, from the start of the entrypoint to the first reply:
     history         the same, after `HistoryPlugin.load` (inside the timing) and
                     `HistoryPlugin.attach` (wrapped model, audio gate, recorder)
 
+The emulator runs in its own process (as the real service runs elsewhere), so
+its own work - it validates every client event with the openai SDK models -
+does not count as the client's; `--in-process-emulator` runs it in this one.
+
 Rows: livekit alone; history with 0, 50 and 10,000 stored turns (SQLite, and
 PostgreSQL when `--pg` is reachable); and an LLM summarizer whose every answer
 takes `--summary-seconds` (a real livekit `llm.LLM`): each call starts right
@@ -21,18 +25,21 @@ rows wait for the post-call jobs between calls, so each call starts idle.
 
     .venv/bin/python bench/call_start.py [--calls 20] [--latency 0.05]
         [--summary-seconds 2] [--pg postgresql://postgres@127.0.0.1/test] [--no-pg]
+        [--in-process-emulator]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import logging
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -128,9 +135,10 @@ async def _seed(url: str, user: str, n: int) -> None:
             await store.append(turns[i : i + 1000])
 
 
-async def one_call(
-    emu: RealtimeEmulator, plugin: HistoryPlugin | None, user: str
-) -> CallResult:
+ModelFactory = Callable[[], Any]
+
+
+async def one_call(new_model: ModelFactory, plugin: HistoryPlugin | None, user: str) -> CallResult:
     loop = asyncio.get_running_loop()
     replied: asyncio.Future[float] = loop.create_future()
 
@@ -143,7 +151,7 @@ async def one_call(
     loaded = None
     if plugin is not None:
         loaded = await plugin.load(user, instructions=INSTRUCTIONS)
-    model = emu.realtime_model("openai", modalities=["text"])
+    model = new_model()
     session: AgentSession[Any] = AgentSession(llm=model)
     session.on("conversation_item_added", on_item)
     recorder = plugin.attach(session, user_id=user) if plugin is not None else None
@@ -181,10 +189,9 @@ async def run_row(args: argparse.Namespace, row: Row, url: str | None) -> list[C
             async with HistoryPlugin(url, HistoryConfig()) as warm:
                 await warm.load(user, instructions=INSTRUCTIONS, summarize_now=True)
     results: list[CallResult] = []
-    async with RealtimeEmulator() as emu:
-        emu.faults.latency = args.latency
+    async with emulator(args) as new_model:
         for _ in range(args.calls):
-            results.append(await one_call(emu, plugin, user))
+            results.append(await one_call(new_model, plugin, user))
             if plugin is not None and not row.slow_summary:
                 await plugin.wait_post_call(user)
     if plugin is not None:
@@ -193,6 +200,42 @@ async def run_row(args: argparse.Namespace, row: Row, url: str | None) -> list[C
             async with open_store(url) as store:
                 await store.delete_user(user)
     return results
+
+
+@contextlib.asynccontextmanager
+async def emulator(args: argparse.Namespace) -> AsyncIterator[ModelFactory]:
+    """Realtime models pointed at an emulator with `args.latency` (own process by default)."""
+    if args.in_process_emulator:
+        async with RealtimeEmulator() as emu:
+            emu.faults.latency = args.latency
+            yield lambda: emu.realtime_model("openai", modalities=["text"])
+        return
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--serve-emulator",
+        "--latency",
+        str(args.latency),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    where = json.loads(await asyncio.wait_for(proc.stdout.readline(), 120))
+    from livekit.plugins.openai import realtime
+
+    try:
+        yield lambda: realtime.RealtimeModel(**where, modalities=["text"])
+    finally:
+        proc.stdin.close()
+        await asyncio.wait_for(proc.wait(), 30)
+
+
+async def serve_emulator(latency: float) -> None:
+    """The emulator process: print how to reach it, serve until stdin closes."""
+    async with RealtimeEmulator() as emu:
+        emu.faults.latency = latency
+        print(json.dumps(emu.openai_kwargs()), flush=True)
+        await asyncio.to_thread(sys.stdin.read)
 
 
 def _pct(values: Sequence[float], q: float) -> float:
@@ -228,7 +271,8 @@ async def run(args: argparse.Namespace) -> None:
         print(
             f"livekit-history-plugin {__version__}, livekit-agents {lk_version}; "
             f"{args.calls} calls per row; server round trip {args.latency * 1000:.0f} ms; "
-            "session.start -> first reply (load() included for history rows)"
+            "session.start -> first reply (load() included for history rows); emulator "
+            + ("in this process" if args.in_process_emulator else "in its own process")
         )
         header = (
             f"{'variant':<28} {'store':<11} {'turns':>6} {'p50 ms':>8} {'p95 ms':>8} "
@@ -268,7 +312,12 @@ def main() -> None:
     parser.add_argument("--summary-seconds", type=float, default=2.0)
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1/test")
     parser.add_argument("--no-pg", dest="pg", action="store_const", const=None)
+    parser.add_argument("--in-process-emulator", action="store_true")
+    parser.add_argument("--serve-emulator", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_emulator:
+        asyncio.run(serve_emulator(args.latency))
+        return
     if args.calls < 1:
         sys.exit("--calls must be >= 1")
     asyncio.run(run(args))

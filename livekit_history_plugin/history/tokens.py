@@ -159,7 +159,13 @@ async def wait_ready() -> tiktoken.Encoding:
     if enc is not None:
         return enc
     warm_up_in_background()
-    return await asyncio.to_thread(get_encoding)
+    thread = _warm_thread
+    if thread is not None:
+        # the build is that thread's: waiting on the lock from another thread could
+        # win the lock first and build it twice as slow under a loaded GIL
+        await asyncio.to_thread(thread.join)
+    enc = _encoding
+    return enc if enc is not None else await asyncio.to_thread(get_encoding)
 
 
 class _CountCache:

@@ -265,9 +265,9 @@ async def test_a_call_closing_brings_the_summary_up_to_date_for_the_next_call(
         assert first.recorder.written == 8
         assert await plugin.wait_post_call(user, SAFETY)
         [job] = plugin.jobs.history
-        assert job.reason == "call_closed" and [(s.name, s.ok) for s in job.steps] == [
-            ("summary", True)
-        ]
+        assert job.reason == "call_closed"
+        # the summary is the first post-call step (others may follow it)
+        assert (job.steps[0].name, job.steps[0].ok) == ("summary", True)
         count, summary = await stored(url, user)
         assert count == 8 and summary is not None
         assert summary.turn_count == 4
