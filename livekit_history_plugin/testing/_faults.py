@@ -7,8 +7,9 @@ every client event, so a test can change it at any time.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,6 +17,8 @@ __all__ = ["AckMatch", "DuplicateIds", "FaultConfig", "ItemMatch", "RejectRule",
 
 DuplicateIds = Literal["reject", "ignore", "append"]
 """What a ``conversation.item.create`` with an id already in the conversation gets."""
+
+T = TypeVar("T")
 
 ItemMatch = Callable[[dict[str, Any], dict[str, Any]], bool]
 """``(item, client_event) -> bool`` for a ``conversation.item.create``."""
@@ -90,6 +93,18 @@ class FaultConfig(BaseModel):
     client event other than an item create / delete arrives."""
 
     reorder_flush_s: float = Field(default=0.05, ge=0)
+
+    reorder_seed: int | None = None
+    """With ``reorder_acks``: release each window shuffled with this seed instead of
+    reversed (answers from several workers, or a proxy)."""
+
+    def release_order(self, held: list[T]) -> list[T]:
+        """The order a window of held acks goes out in."""
+        if self.reorder_seed is None:
+            return held[::-1]
+        shuffled = list(held)
+        random.Random(self.reorder_seed).shuffle(shuffled)
+        return shuffled
 
     ack_delay: float = Field(default=0.0, ge=0)
     """Seconds each ack is sent late; other events overtake it."""

@@ -43,6 +43,7 @@ from aiohttp import WSMsgType, web
 from ..dialects import supports_retrieve
 from ..log import logger
 from ._faults import DuplicateIds, FaultConfig, RejectRule
+from ._quirks import ProviderQuirks, ack_previous, deleted_item_id, retrieve_refusal
 from .validate import (
     AZURE_2024_10_EVENTS,
     AZURE_GA_EVENTS,
@@ -553,7 +554,7 @@ class EmulatorSession:
             self._reorder_timer = None
         held, self._held_acks = self._held_acks, []
         self._base = max(self._base, asyncio.get_running_loop().time())
-        for unit in reversed(held):
+        for unit in self.emulator.faults.release_order(held):
             for e in unit:
                 self._queue(e, delay=self.emulator.faults.ack_delay)
 
@@ -783,6 +784,7 @@ class EmulatorSession:
 
     def _item_acks(self, item: dict[str, Any], before: str | None) -> list[dict[str, Any]]:
         public = _public_item(item)
+        before = ack_previous(self.emulator.quirks, before)
         if self.dialect == "beta":
             return [
                 {"type": "conversation.item.created", "previous_item_id": before, "item": public}
@@ -869,15 +871,18 @@ class EmulatorSession:
             )
             return
         self._remove(item_id)
-        self._ack(
-            item_id, [{"type": "conversation.item.deleted", "item_id": item_id}], event["type"]
-        )
+        gone = deleted_item_id(self.emulator.quirks, item_id)
+        self._ack(item_id, [{"type": "conversation.item.deleted", "item_id": gone}], event["type"])
 
     def _on_conversation_item_retrieve(
         self, event: dict[str, Any], sdk_error: ProviderError | None
     ) -> None:
         if sdk_error is not None:
             self._error(sdk_error, event)
+            return
+        refusal = retrieve_refusal(self.emulator.quirks, self.dialect, event)
+        if refusal is not None:
+            self._error(refusal, event)
             return
         item = self._items.get(event["item_id"])
         if item is None:
@@ -1566,7 +1571,10 @@ class RealtimeEmulator:
         openai_beta: bool = False,
         models: Iterable[str] | None = None,
         decode_binary_frames: bool = False,
+        quirks: ProviderQuirks | None = None,
     ) -> None:
+        self.quirks = quirks or ProviderQuirks()
+        """Provider quirks reproduced (``ProviderQuirks.of("xai")``); off: OpenAI."""
         self.openai_beta = openai_beta
         self.models = frozenset(models) if models is not None else None
         self.decode_binary_frames = decode_binary_frames
