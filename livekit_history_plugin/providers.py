@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .dialects import supports_retrieve
+
 __all__ = [
     "AZURE_PREVIEW_NO_RETRIEVE",
     "EMPTY_DELETED_ITEM_ID",
@@ -23,6 +25,7 @@ __all__ = [
     "Quirk",
     "UnsupportedRealtimeModel",
     "provider_of",
+    "reviewed_subclass",
 ]
 
 
@@ -95,9 +98,6 @@ AZURE_PREVIEW_NO_RETRIEVE = Quirk(
     ),
 )
 
-_NO_RETRIEVE_UP_TO = "2024-10-01-preview"
-
-
 @dataclass(frozen=True)
 class Provider:
     """A realtime service reached through livekit's OpenAI-protocol client."""
@@ -136,6 +136,32 @@ PROVIDERS: tuple[Provider, ...] = (
     THUNDERPHONE,
 )
 
+# Subclasses of livekit's OpenAI session whose overrides were read, with what
+# each override does and why the full adapter stays right on top of it. The
+# release dispatch refuses an unknown subclass that overrides an ack / delete
+# handler or the event builder; these are known.
+REVIEWED_SUBCLASSES: dict[str, str] = {
+    "livekit.plugins.xai.realtime.realtime_model.RealtimeSession": (
+        "livekit-plugins-xai 1.3.12 - 1.8.9. Ack handler (1.5+): a null or unknown "
+        "previous_item_id becomes the mirror's tail; the adapter calls it with the "
+        "predecessor the chain gives and re-places the item. Delete handler (1.5+): an "
+        "empty item_id is taken from livekit's delete futures, which the engine's deletes "
+        "do not use; the adapter fills it first (EMPTY_DELETED_ITEM_ID). Event builder "
+        "(1.6+): keeps a caller item whose transcript is still pending; the adapter's "
+        "update keeps it the same way."
+    ),
+    "livekit.agents.inference.realtime.openai.RealtimeSession": (
+        "livekit-agents 1.8 LiveKit Inference: the same three overrides as xAI's, active "
+        "for xai/* models only"
+    ),
+}
+
+
+def reviewed_subclass(session_cls: type) -> bool:
+    """Whether a session class's overrides of livekit's handlers were read."""
+    return f"{session_cls.__module__}.{session_cls.__qualname__}" in REVIEWED_SUBCLASSES
+
+
 # forks of livekit's OpenAI client (not subclasses): their private names differ
 FORKS: dict[str, str] = {
     "livekit.plugins.stepfun": "livekit-plugins-stepfun",
@@ -158,7 +184,7 @@ def provider_of(session: Any) -> Provider:
     if opts is None or not getattr(opts, "is_azure", False):
         return OPENAI
     api_version = getattr(opts, "api_version", None)
-    if isinstance(api_version, str) and api_version and api_version <= _NO_RETRIEVE_UP_TO:
+    if isinstance(api_version, str) and not supports_retrieve(api_version):
         return AZURE_PREVIEW_2024_10
     return AZURE
 

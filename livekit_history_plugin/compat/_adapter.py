@@ -225,6 +225,7 @@ class SessionAdapter:
         """
         async with self._lock:
             for _ in range(_MAX_REPLANS):
+                chat_ctx = self._keep_pending_input(chat_ctx)
                 plan = plan_update(chat_ctx, self.mirror.to_chat_ctx(), self.dialect)
                 if plan.empty:
                     break
@@ -240,6 +241,32 @@ class SessionAdapter:
             if self.last_result is not None and self.last_result.confirmed:
                 self._reassert_session()
         self._open_audio_gate("replayed")
+
+    def _keep_pending_input(self, chat_ctx: llm.ChatContext) -> llm.ChatContext:
+        """Keep a caller item whose transcript is still pending on the server.
+
+        xAI sessions (plugin 1.6+, LiveKit Inference xai/*) hold the caller's item
+        back from the agent's context until its transcript is final; a diff in that
+        window would delete it. Their own event builder guards it the same way
+        (`_pending_transcription`), and the safe update replaces that builder.
+        """
+        pending = getattr(self.session, "_pending_transcription", None)
+        item_id = getattr(pending, "item_id", None)
+        if not isinstance(item_id, str) or chat_ctx.get_by_id(item_id) is not None:
+            return chat_ctx
+        node = self.mirror.get(item_id)
+        if node is None:
+            return chat_ctx
+        kept = chat_ctx.copy()
+        index, prev = 0, getattr(node, "_prev", None)
+        while prev is not None:
+            at = kept.index_by_id(prev.item.id)
+            if at is not None:
+                index = at + 1
+                break
+            prev = prev._prev
+        kept.items.insert(index, node.item.model_copy())
+        return kept
 
     def _reassert_session(self) -> None:
         """Send the session's own `session.update` again after history landed.
