@@ -18,6 +18,7 @@ from livekit.agents import __version__ as _LIVEKIT_VERSION
 
 from .. import _plugin  # noqa: F401  (registers with livekit)
 from ..log import logger
+from ..providers import reviewed_subclass
 from ._adapter import ReplayOptions, SessionAdapter, adapter_of
 from .beta import BetaSessionAdapter
 from .degraded import SanitizerOnly, sanitizer_only_of
@@ -77,6 +78,9 @@ def installed_versions() -> dict[str, str]:
 def dispatch_session(session: Any, versions: dict[str, str] | None = None) -> Dispatch:
     """The adapter for one livekit realtime session instance, or why there is none."""
     found = dispatch(type(session), versions or installed_versions())
+    if found.adapter is None and found.route is not None and reviewed_subclass(type(session)):
+        # a provider's subclass (xAI, LiveKit Inference) whose overrides were read
+        found = Dispatch(found.route.adapter, "", found.route)
     if found.adapter is None:
         return found
     adapter = found.adapter
@@ -137,9 +141,13 @@ def wrap_realtime_model(model: M, *, options: ReplayOptions | None = None) -> M:
         if options is not None:
             setattr(model, _OPTIONS, options)
         return model
-    if not SUPPORTED[0] <= LIVEKIT_VERSION[:2] <= SUPPORTED[1]:
-        _warn_degraded(model, f"{AGENTS} {_LIVEKIT_VERSION} is outside the releases this "
-                       f"plugin is tested on ({supported_range_text()})")
+    agents = installed_versions()[AGENTS]
+    if not SUPPORTED[0] <= parse_release(agents)[:2] <= SUPPORTED[1]:
+        _warn_degraded(
+            model,
+            f"{AGENTS} {agents} is outside the releases this plugin is tested on "
+            f"({supported_range_text()})",
+        )
 
     @functools.wraps(original)
     def session(*args: Any, **kwargs: Any) -> Any:
