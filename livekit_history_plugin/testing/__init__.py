@@ -11,7 +11,15 @@ Example::
         assert emu.last_session.texts() == [("user", "hello"), ...]
 """
 from .. import _plugin  # noqa: F401  (registers with livekit)
-from ._faults import AckMatch, DuplicateIds, FaultConfig, ItemMatch, RejectRule, item_text
+from ._faults import (
+    AckMatch,
+    DuplicateIds,
+    FaultConfig,
+    ItemMatch,
+    RejectRule,
+    ScriptedAnswer,
+    item_text,
+)
 from .emulator import (
     ConversationView,
     EmulatorSession,
@@ -51,6 +59,7 @@ __all__ = [
     "RejectRule",
     "ResponseRecord",
     "SdkValidationFailure",
+    "ScriptedAnswer",
     "SentEvent",
     "client_events_of",
     "default_reply",

@@ -13,7 +13,15 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["AckMatch", "DuplicateIds", "FaultConfig", "ItemMatch", "RejectRule", "item_text"]
+__all__ = [
+    "AckMatch",
+    "DuplicateIds",
+    "FaultConfig",
+    "ItemMatch",
+    "RejectRule",
+    "ScriptedAnswer",
+    "item_text",
+]
 
 DuplicateIds = Literal["reject", "ignore", "append"]
 """What a ``conversation.item.create`` with an id already in the conversation gets."""
@@ -73,6 +81,39 @@ class RejectRule(BaseModel):
         return cls(match=lambda item, _event: item.get("id") == item_id, **kwargs)
 
 
+class ScriptedAnswer(BaseModel):
+    """Answer one client event with recorded server events (a conformance fixture).
+
+    ``on``: the client event type; ``match``: dotted paths of the event and the values
+    they must hold (``{"item.id": "m2"}``). ``events`` are sent instead of the emulator's
+    own answer; in their strings ``{event_id}``, ``{item.id}``, ``{item.call_id}``,
+    ``{previous_item_id}``, ``{item_id}`` and ``{tail}`` (the last item before the event)
+    are filled in, and a value that is exactly ``"{event_id}"`` takes the client's
+    ``event_id`` as is. ``apply``: the server still performs the event (e.g. inserts the
+    item) and only its answer is replaced.
+    """
+
+    on: str
+    match: dict[str, Any] = Field(default_factory=dict)
+    events: list[dict[str, Any]]
+    apply: bool = False
+    once: bool = True
+
+    def selects(self, event: dict[str, Any]) -> bool:
+        if event.get("type") != self.on:
+            return False
+        return all(_dotted(event, path) == value for path, value in self.match.items())
+
+
+def _dotted(event: dict[str, Any], path: str) -> Any:
+    node: Any = event
+    for key in path.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(key)
+    return node
+
+
 class FaultConfig(BaseModel):
     """Runtime-adjustable faults of one emulator (all off by default)."""
 
@@ -130,6 +171,9 @@ class FaultConfig(BaseModel):
     """The next this-many ``response.create`` fail as rate-limited: ``response.done`` with
     status failed, then ``rate_limits.updated`` with nothing remaining (livekit/agents
     PR #2967; swigerb/SonicAIDriveThru docs/rate_limit_recovery.md)."""
+
+    scripted: list[ScriptedAnswer] = Field(default_factory=list)
+    """Recorded answers replacing the emulator's own for matching client events."""
 
     refuse_any_voice_after_audio: bool = False
     """Refuse a ``session.update`` naming any voice (changed or not) once assistant audio

@@ -42,7 +42,7 @@ from aiohttp import WSMsgType, web
 
 from ..dialects import supports_retrieve
 from ..log import logger
-from ._faults import DuplicateIds, FaultConfig, RejectRule
+from ._faults import DuplicateIds, FaultConfig, RejectRule, ScriptedAnswer
 from ._quirks import ProviderQuirks, ack_previous, deleted_item_id, retrieve_refusal
 from .validate import (
     AZURE_2024_10_EVENTS,
@@ -429,6 +429,8 @@ class EmulatorSession:
         self._held_response: _HeldResponse | None = None
         # the tail item deleted last and when, for FaultConfig.stale_anchors
         self._deleted_tail: tuple[str, float] | None = None
+        # while a scripted answer replaces the emulator's own: what it would have sent
+        self._capture: list[dict[str, Any]] | None = None
 
     # -- state -------------------------------------------------------------
 
@@ -476,6 +478,9 @@ class EmulatorSession:
     # -- output ------------------------------------------------------------
 
     def _queue(self, event: dict[str, Any], *, delay: float = 0.0) -> None:
+        if self._capture is not None:
+            self._capture.append(event)
+            return
         event.setdefault("event_id", _new_id("event_"))
         self._seq += 1
         heapq.heappush(self._heap, _Outgoing(self._base + delay, self._seq, event))
@@ -619,7 +624,28 @@ class EmulatorSession:
             self._flush_reorder()
         sdk_error = self._sdk_check(event)
         handler = getattr(self, "_on_" + event_type.replace(".", "_"))
-        handler(event, sdk_error)
+        scripted = self._scripted_for(event)
+        if scripted is None:
+            handler(event, sdk_error)
+            return
+        tail = self._order[-1] if self._order else None
+        if scripted.apply:
+            self._capture = []
+            try:
+                handler(event, sdk_error)
+            finally:
+                self._capture = None
+        for answer in scripted.events:
+            self._queue(_fill(answer, event, tail))
+
+    def _scripted_for(self, event: dict[str, Any]) -> ScriptedAnswer | None:
+        faults = self.emulator.faults
+        for answer in faults.scripted:
+            if answer.selects(event):
+                if answer.once:
+                    faults.scripted = [a for a in faults.scripted if a is not answer]
+                return answer
+        return None
 
     def _sdk_check(self, event: dict[str, Any]) -> ProviderError | None:
         emulator = self.emulator
@@ -1446,6 +1472,31 @@ def _stored_item(item: dict[str, Any], item_id: str) -> dict[str, Any]:
     return stored
 
 
+def _fill(template: Any, event: dict[str, Any], tail: str | None) -> Any:
+    """A scripted event with the client event's values filled in (a fresh copy)."""
+    raw_item = event.get("item")
+    item: dict[str, Any] = raw_item if isinstance(raw_item, dict) else {}
+    values = {
+        "{event_id}": event.get("event_id"),
+        "{item.id}": item.get("id"),
+        "{item.call_id}": item.get("call_id"),
+        "{previous_item_id}": event.get("previous_item_id"),
+        "{item_id}": event.get("item_id"),
+        "{tail}": tail,
+    }
+    if isinstance(template, dict):
+        return {k: _fill(v, event, tail) for k, v in template.items()}
+    if isinstance(template, list):
+        return [_fill(v, event, tail) for v in template]
+    if isinstance(template, str):
+        if template in values:
+            return values[template]
+        for key, value in values.items():
+            if key in template:
+                template = template.replace(key, str(value))
+    return template
+
+
 def _rule_error(rule: RejectRule) -> ProviderError:
     return ProviderError(rule.code, rule.message, rule.param, rule.type)
 
@@ -1942,13 +1993,13 @@ class RealtimeEmulator:
     async def _refuse(self, ws: web.WebSocketResponse, refusal: _Refusal, path: str) -> None:
         error = ProviderError(refusal.code, refusal.message, None)
         event = {"type": "error", "event_id": _new_id("event_"), "error": error.as_dict(None)}
+        self.refused_connections.append((refusal.close_code, refusal.code, path))
+        self._notify()
         try:
             await ws.send_str(json.dumps(event))
             await ws.close(code=refusal.close_code, message=refusal.code.encode())
         except (ConnectionError, RuntimeError):
             pass
-        self.refused_connections.append((refusal.close_code, refusal.code, path))
-        self._notify()
 
 
 @dataclass(frozen=True)
