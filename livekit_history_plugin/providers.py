@@ -181,6 +181,10 @@ def provider_of(session: Any) -> Provider:
         # `_is_xai`: livekit-agents 1.8 LiveKit Inference, models named "xai/..."
         return LIVEKIT_INFERENCE_XAI if getattr(session, "_is_xai", False) else LIVEKIT_INFERENCE
     opts = _options(session)
+    base_url = getattr(opts, "base_url", None)
+    if isinstance(base_url, str) and "api.x.ai" in base_url:
+        # livekit-plugins-openai pointed at xAI directly
+        return XAI
     if opts is None or not getattr(opts, "is_azure", False):
         return OPENAI
     api_version = getattr(opts, "api_version", None)

@@ -131,6 +131,12 @@ class SessionAdapter:
         self._held_seconds = 0.0
         self._gate_closed_at = time.monotonic()
 
+    def use_provider(self, provider: Provider) -> None:
+        """Apply `provider`'s quirks to this session, for a provider its class
+        does not tell (tests, a proxy in front of xAI)."""
+        self.provider = provider
+        self.order = self._new_order()
+
     def _new_order(self) -> MirrorOrder:
         return MirrorOrder(
             lambda: self.mirror, null_previous=self.provider.has(NULL_PREVIOUS_ITEM_ID)
