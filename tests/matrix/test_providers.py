@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from livekit.agents import AgentSession, llm
-from matrix_helpers import RELEASE
+from livekit.agents import __version__ as LIVEKIT_VERSION
 
 from livekit_history_plugin import ReplayOptions, wrap_realtime_model
 from livekit_history_plugin.compat import adapter_of
@@ -40,6 +40,7 @@ REJECTED = "p017"
 VALID = [i for i in IDS if i != REJECTED]
 _EXPECTED_WARNINGS = ("api_version", f"rejected chat item {REJECTED}")
 
+RELEASE = tuple(int(p) for p in LIVEKIT_VERSION.split(".")[:2])
 # livekit-plugins-xai exists from 1.3.7 on, one release per livekit release
 XAI_RELEASED = RELEASE >= (1, 3)
 HAS_XAI = importlib.util.find_spec("livekit.plugins.xai") is not None
