@@ -24,4 +24,4 @@ export LHP_PYTHON="$PY"
 if [ ! -x .venv/bin/python ]; then
   uv venv --quiet -p "$PY" .venv >&2
 fi
-uv pip install --quiet --python "$ROOT/.venv/bin/python" -e ".[dev]" >&2
+uv pip install --quiet --python "$ROOT/.venv/bin/python" -e ".[dev,providers]" >&2

@@ -44,8 +44,11 @@ if ! ready; then
     trap 'rm -rf "$tmp"' EXIT
     # relocatable: the venv is built aside and renamed into place
     uv venv -q --relocatable -p "$py" "$tmp" >&2
-    # livekit 1.0 - 1.5 import httpx without declaring it; the dev extra has it
-    uv pip install -q --python "$tmp/bin/python" -e "$root[dev]" \
+    # livekit 1.0 - 1.5 import httpx without declaring it; the dev extra has it.
+    # The provider plugins (xAI) exist from livekit 1.3.7 on.
+    extras="dev"
+    printf '%s\n' 1.3.7 "$agents" | sort -V -C && extras="dev,providers"
+    uv pip install -q --python "$tmp/bin/python" -e "$root[$extras]" \
       "livekit-agents==$agents" "livekit-plugins-openai==$plugin" >&2
     echo "$want" > "$tmp/.lhp-stamp"
     rm -rf "$venv"
