@@ -1313,7 +1313,7 @@ def _replayed_cell(record: CallRecord) -> str:
     )
     if record.replays > 1:
         later = record.items_rejected - len(first.rejected)
-        lines.append(f"+{record.replays - 1} later updates ({later} rejected)")
+        lines.append(f"+{_plural(record.replays - 1, 'later update')} ({later} rejected)")
     return "\n".join(lines)
 
 
@@ -1344,7 +1344,8 @@ def trace_table(user_id: str, records: Sequence[CallRecord]) -> Table:
         show_lines=True,
     )
     table.add_column("ended (UTC)", no_wrap=True, style="dim")
-    table.add_column("call", overflow="fold")
+    # the whole id is in --json; the table keeps its start
+    table.add_column("call", no_wrap=True, overflow="ellipsis", max_width=18)
     table.add_column("loaded", overflow="fold")
     table.add_column("replayed (first update)", overflow="fold")
     table.add_column("audio held", no_wrap=True)
