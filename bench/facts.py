@@ -67,7 +67,8 @@ async def score(path: Path, verbose: bool) -> dict[str, int]:
                 expected: dict[str, str] = call.get("facts") or {}
                 forgotten = set(call.get("forgotten") or ())
                 good = [
-                    f for f in result.saved
+                    f
+                    for f in result.saved
                     if f.key in expected and expected[f.key].lower() in f.text.lower()
                 ]
                 good_forgets = [k for k in result.forgotten if k in forgotten]

@@ -23,7 +23,9 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -32,11 +34,20 @@ from .models import Turn
 # words of a query or a turn: letters and digits of any script (as FTS5's
 # unicode61 and PostgreSQL's parser split them; `_` separates there too)
 _WORD = re.compile(r"[^\W_]+")
+R = TypeVar("R")
 MAX_QUERY_TERMS = 16
 MAX_TERM_CHARS = 64
 MAX_QUERY_CHARS = 1_000
 # the fallback scans this many of the user's latest turns (Redis has no text index)
 SCAN_FALLBACK_TURNS = 2_000
+# The indexed stores rank in three bounded phases, so a caller with 10,000 turns
+# costs what one with 500 does: (1) turns holding every word, the newest
+# SEARCH_WINDOW of them ranked; (2) if fewer than k, turns holding any of the
+# query's rare words (a word in fewer than SEARCH_WINDOW of the caller's turns:
+# all of them are ranked); (3) if still fewer, any word, within the newest
+# max(64, 8 k) matches (SQLite) or the caller's newest SEARCH_WINDOW turns
+# (PostgreSQL). Phase order is rank order: all words before some words.
+SEARCH_WINDOW = 256
 
 # English function words that carry nothing for ranking; dropped unless the
 # query is made of nothing else
@@ -87,12 +98,14 @@ def fts5_phrase(term: str) -> str:
     return '"' + term.replace('"', '""') + '"'
 
 
-def fts5_match(owner_token: str, terms: Sequence[str]) -> str:
-    """The FTS5 MATCH expression: this owner's rows AND any of the terms."""
+def fts5_match(owner_token: str, terms: Sequence[str], op: str = "OR") -> str:
+    """The FTS5 MATCH expression: this owner's rows AND the terms joined by `op`."""
     if not terms:
         raise ValueError("no terms to match")
-    alternatives = " OR ".join(fts5_phrase(t) for t in terms)
-    return f"fts_owner : {fts5_phrase(owner_token)} AND text : ({alternatives})"
+    if op not in ("OR", "AND"):
+        raise ValueError(f"op must be OR or AND, not {op!r}")
+    joined = f" {op} ".join(fts5_phrase(t) for t in terms)
+    return f"fts_owner : {fts5_phrase(owner_token)} AND text : ({joined})"
 
 
 def owner_token(user_id: str) -> str:
@@ -136,6 +149,57 @@ def scan_search(
 
 def _newest_first(t: Turn) -> tuple[float, str, int]:
     return (-t.created_at.timestamp(), t.conversation_id, -t.seq)
+
+
+@dataclass(frozen=True)
+class Candidate(Generic[R]):
+    """A stored row a phase of a search found: its id, recency, length in
+    characters, which query terms it holds (indexes) and the row itself."""
+
+    key: Hashable
+    recency: float  # larger is newer (created_at as a number)
+    length: int
+    matched: frozenset[int]
+    row: R
+
+
+# stands in for the user's turn count in idf: only the ratio between words matters
+IDF_TOTAL = 4 * SEARCH_WINDOW
+
+
+def rank_phases(
+    phases: Sequence[Sequence[Candidate[R]]],
+    doc_freq: Sequence[int],
+    limit: int,
+) -> list[tuple[R, float]]:
+    """The best `limit` candidates: phase by phase (earlier phases first), within a
+    phase by a bm25-style score (idf of each term held, length-normalised), then
+    newest first; each row once.
+
+    Ranking happens here, not in the engine: bm25 in FTS5 (and ts_rank over every
+    match in PostgreSQL) first visits every row holding each word, which for a
+    common word in a large table costs more than the whole search. `doc_freq` is
+    each term's count among the user's turns, capped at SEARCH_WINDOW.
+    """
+    idf = [math.log(1 + IDF_TOTAL / max(df, 1)) for df in doc_freq]
+    out: list[tuple[R, float]] = []
+    seen: set[Hashable] = set()
+    for phase in phases:
+        fresh = [c for c in phase if c.key not in seen]
+        if not fresh:
+            continue
+        average = max(1.0, sum(c.length for c in fresh) / len(fresh))
+        scored = []
+        for c in fresh:
+            norm = 2.2 / (1 + 1.2 * (0.25 + 0.75 * c.length / average))  # bm25 with tf = 1
+            scored.append((sum(idf[i] for i in c.matched) * norm, c))
+        scored.sort(key=lambda sc: (-sc[0], -sc[1].recency))
+        for score, c in scored:
+            seen.add(c.key)
+            out.append((c.row, score))
+            if len(out) >= limit:
+                return out
+    return out
 
 
 def check_recall_args(query: str, limit: int) -> list[str]:

@@ -39,7 +39,7 @@ from ..models import (
     summary_from_record,
     turn_from_record,
 )
-from ..search import RecallHit, check_recall_args
+from ..search import SEARCH_WINDOW, Candidate, RecallHit, check_recall_args, rank_phases
 from .base import (
     HistoryStore,
     MissingDriverError,
@@ -504,28 +504,56 @@ class PostgresStore(HistoryStore):
         *,
         exclude_conversation_id: str | None = None,
     ) -> list[RecallHit]:
-        """tsvector search over the user's turns: ts_rank, newest first on ties."""
+        """tsvector search over the user's turns in bounded phases (see
+        `history.search.SEARCH_WINDOW`), ranked by `rank_phases`."""
         terms = check_recall_args(query, limit)
         if not terms or limit == 0:
             return []
-        sql = self._sql.search(len(terms), exclude=exclude_conversation_id is not None)
-        args: list[Any] = [user_id, limit, *terms]
-        if exclude_conversation_id is not None:
-            args.append(exclude_conversation_id)
+        n = len(terms)
+        exclude = exclude_conversation_id is not None
+        tail: list[Any] = [exclude_conversation_id] if exclude else []
+        everything = tuple(range(n))
 
-        async def fn(conn: asyncpg.Connection) -> list[Any]:
-            return list(await conn.fetch(sql, *args))
+        async def phase(
+            conn: asyncpg.Connection, subset: tuple[int, ...], op: str, window: int
+        ) -> list[Candidate[Any]]:
+            sql = self._sql.search_phase(n, subset, op, exclude=exclude)
+            rows = await conn.fetch(sql, user_id, window, *terms, *tail)
+            return [
+                Candidate(
+                    key=r["idem_key"],
+                    recency=r["created_at"].timestamp(),
+                    length=r["len"],
+                    matched=frozenset(i for i, held in enumerate(r["held"]) if held),
+                    row=r,
+                )
+                for r in rows
+            ]
+
+        async def fn(conn: asyncpg.Connection) -> list[tuple[Any, float]]:
+            counts = list(
+                await conn.fetchval(self._sql.search_counts, user_id, SEARCH_WINDOW, terms)
+            )
+            phases = [await phase(conn, everything, "&&", SEARCH_WINDOW)]
+            found = len(phases[0])
+            rare = tuple(i for i, c in enumerate(counts) if c < SEARCH_WINDOW)
+            if found < limit and n > 1 and rare:
+                phases.append(await phase(conn, rare, "||", SEARCH_WINDOW * len(rare)))
+                found += len(phases[-1])
+            if found < limit and n > len(rare):
+                phases.append(await phase(conn, everything, "recent", SEARCH_WINDOW))
+            return rank_phases(phases, counts, limit)
 
         hits: list[RecallHit] = []
-        for row in await self._run("search_turns", fn):
+        for row, score in await self._run("search_turns", fn):
             turn = turn_from_record(
-                {k: row[k] for k in row.keys() if k not in ("idem_key", "score")},
+                {k: row[k] for k in row.keys() if k not in ("idem_key", "len", "held")},
                 where=f"{self.url} {self.schema}.turns (user_id={user_id!r}, "
                 f"idem_key={row['idem_key']!r})",
                 user_id=user_id,
             )
             if turn is not None:
-                hits.append(RecallHit(turn=turn, score=float(row["score"])))
+                hits.append(RecallHit(turn=turn, score=score))
         return hits
 
     async def stats(self) -> StoreStats:
@@ -573,30 +601,53 @@ class _Statements:
             f"FROM {q}.turns WHERE created_at < $1 LIMIT $2)"
         )
         self._q = q
-        self._search: dict[tuple[int, bool], str] = {}
+        self._search: dict[tuple[int, tuple[int, ...], str, bool], str] = {}
+        # the owner lexeme of migration 3 (hex digits: a valid tsquery word), ANDed
+        # into every match so the GIN index scopes the search to this user
+        owner = "('u' || md5($1))::tsquery"
+        # how many of the user's turns hold each word ($3: text[]), counted up to $2
+        self.search_counts = (
+            f"SELECT array(SELECT (SELECT count(*) FROM (SELECT 1 FROM {q}.turns "
+            f"WHERE search @@ (plainto_tsquery('simple', w) && {owner}) LIMIT $2) c) "
+            "FROM unnest($3::text[]) WITH ORDINALITY AS u(w, i) ORDER BY i)"
+        )
+        self._owner = owner
 
-    def search(self, n_terms: int, *, exclude: bool) -> str:
-        """The search statement for n_terms words ($3..): one per word count, so
-        asyncpg prepares a handful at most (MAX_QUERY_TERMS)."""
-        key = (n_terms, exclude)
+    def search_phase(self, n_terms: int, subset: tuple[int, ...], op: str, *, exclude: bool) -> str:
+        """One phase of a search for n_terms words ($3..): the newest $2 of the
+        user's turns holding the words of `subset` joined by `op` (&& or ||), or
+        (op "recent") any of them among the user's newest $2 turns. One statement
+        per shape, so asyncpg prepares a handful."""
+        key = (n_terms, subset, op, exclude)
         sql = self._search.get(key)
-        if sql is None:
-            # each word goes through plainto_tsquery as a bound parameter: no
-            # tsquery syntax of the caller's ever reaches the parser as syntax
-            terms = " || ".join(f"plainto_tsquery('simple', ${i + 3})" for i in range(n_terms))
-            # the owner lexeme of migration 3 (hex digits: a valid tsquery word) ANDed
-            # in, so the GIN index scopes the search to this user; user_id = $1
-            # re-checks it exactly
-            owner_q = "('u' || md5($1))"
-            skip = f"AND conversation_id <> ${n_terms + 3} " if exclude else ""
-            sql = self._search[key] = (
-                # normalization 1 (rank / (1 + log length)): a short turn holding the
-                # words outranks a long one that also does, as bm25 does on SQLite
-                f"SELECT {_TURN_COLUMNS}, ts_rank(search, ({terms}), 1) AS score "
-                f"FROM {self._q}.turns WHERE user_id = $1 "
-                f"AND search @@ (({terms}) && {owner_q}::tsquery) {skip}"
-                "ORDER BY score DESC, created_at DESC, conversation_id DESC, seq DESC LIMIT $2"
+        if sql is not None:
+            return sql
+        # each word goes through plainto_tsquery as a bound parameter: no tsquery
+        # syntax of the caller's ever reaches the parser as syntax
+        word = [f"plainto_tsquery('simple', ${i + 3})" for i in range(n_terms)]
+        joiner = " && " if op == "&&" else " || "
+        match = "(" + joiner.join(word[i] for i in subset) + ")"
+        held = "ARRAY[" + ", ".join(f"search @@ {w}" for w in word) + "]"
+        skip = f"AND conversation_id <> ${n_terms + 3} " if exclude else ""
+        cols = f"{_TURN_COLUMNS}, length(text) AS len, {held} AS held"
+        order = "ORDER BY created_at DESC, conversation_id DESC, seq DESC, idem_key DESC"
+        if op == "recent":
+            # the user's newest turns by the turns_latest index, then the words
+            source = (
+                f"(SELECT * FROM {self._q}.turns WHERE user_id = $1 {order} LIMIT $2) t "
+                f"WHERE search @@ {match} {skip}"
             )
+            sql = f"SELECT {cols} FROM {source}"
+        else:
+            # MATERIALIZED: every match through the GIN index first (bounded: the
+            # phase's words are all-of or rare), never a walk of a created_at index
+            # hoping to meet them; user_id = $1 re-checks the owner exactly
+            sql = (
+                f"WITH m AS MATERIALIZED (SELECT * FROM {self._q}.turns "
+                f"WHERE search @@ ({match} && {self._owner})) "
+                f"SELECT {cols} FROM m WHERE user_id = $1 {skip}{order} LIMIT $2"
+            )
+        self._search[key] = sql
         return sql
 
 

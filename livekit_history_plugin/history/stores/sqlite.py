@@ -47,7 +47,15 @@ from ..models import (
     turn_from_record,
     utcnow,
 )
-from ..search import RecallHit, check_recall_args, fts5_match, owner_token
+from ..search import (
+    SEARCH_WINDOW,
+    Candidate,
+    RecallHit,
+    check_recall_args,
+    fts5_match,
+    owner_token,
+    rank_phases,
+)
 from .base import (
     HistoryStore,
     PurgeProgress,
@@ -87,18 +95,21 @@ _LATEST = (
 )
 LATEST_SQL = _LATEST.format(before="")
 LATEST_BEFORE_SQL = _LATEST.format(before="AND created_at < ? ")
-# CROSS JOIN keeps the FTS index as the outer loop: the match (already scoped to
-# the user's owner token) drives, never a scan of the user's turns; the
-# user_id test re-checks the owner exactly
+# One phase of a search (see `history.search.SEARCH_WINDOW`): the newest `window`
+# index matches (FTS5 walks its doclists backwards and stops), scoped to the
+# user's owner token inside the index; t.user_id = ? re-checks the owner exactly.
+# No bm25 here: its per-query word counts over all users cost more than the search.
 _SEARCH = (
-    "SELECT "
-    + ", ".join(f"t.{c.strip()}" for c in _TURN_COLUMNS.split(","))
-    + ", turns_fts.rank FROM turns_fts CROSS JOIN turns AS t ON t.id = turns_fts.rowid "
-    "WHERE turns_fts MATCH ? AND t.user_id = ? {exclude}"
-    "ORDER BY turns_fts.rank, t.created_at DESC, t.conversation_id DESC, t.seq DESC LIMIT ?"
+    "SELECT t.id, t.created_at, length(t.text) FROM (SELECT rowid AS id FROM turns_fts "
+    "WHERE turns_fts MATCH ? ORDER BY rowid DESC LIMIT ?) AS c "
+    "CROSS JOIN turns AS t ON t.id = c.id WHERE t.user_id = ? {exclude}"
 )
 SEARCH_SQL = _SEARCH.format(exclude="")
-SEARCH_EXCLUDING_SQL = _SEARCH.format(exclude="AND t.conversation_id <> ? ")
+SEARCH_EXCLUDING_SQL = _SEARCH.format(exclude="AND t.conversation_id <> ?")
+COUNT_SQL = "SELECT count(*) FROM turns WHERE user_id = ?"
+# the newest `window` turns holding one word: its (capped) count and who holds it
+SEARCH_TERM_SQL = "SELECT rowid FROM turns_fts WHERE turns_fts MATCH ? ORDER BY rowid DESC LIMIT ?"
+_TURNS_BY_ID = f"SELECT {_TURN_COLUMNS} FROM turns WHERE id IN ({{marks}})"
 
 
 class _Connection:
@@ -349,9 +360,7 @@ class SqliteStore(HistoryStore):
 
     async def count_turns(self, user_id: str) -> int:
         def fn(db: sqlite3.Connection) -> int:
-            return int(
-                db.execute("SELECT count(*) FROM turns WHERE user_id = ?", (user_id,)).fetchone()[0]
-            )
+            return int(db.execute(COUNT_SQL, (user_id,)).fetchone()[0])
 
         return await self._read("count_turns", fn)
 
@@ -587,26 +596,60 @@ class SqliteStore(HistoryStore):
         *,
         exclude_conversation_id: str | None = None,
     ) -> list[RecallHit]:
-        """FTS5 over the user's turns: bm25 rank, newest first on ties."""
+        """FTS5 over the user's turns in bounded phases (see
+        `history.search.SEARCH_WINDOW`), ranked by `rank_phases`."""
         terms = check_recall_args(query, limit)
         if not terms or limit == 0:
             return []
-        match = fts5_match(owner_token(user_id), terms)
+        owner = owner_token(user_id)
         sql = SEARCH_SQL if exclude_conversation_id is None else SEARCH_EXCLUDING_SQL
-        params: tuple[str | int, ...] = (match, user_id)
-        if exclude_conversation_id is not None:
-            params += (exclude_conversation_id,)
-        params += (limit,)
+        tail: tuple[str, ...] = (
+            () if exclude_conversation_id is None else (exclude_conversation_id,)
+        )
 
         def fn(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
-            return db.execute(sql, params).fetchall()
+            # which turns hold each word: exact for a rare word (< window), and for
+            # any turn among the newest `window` matches of a query that holds it
+            holders = [
+                {r[0] for r in db.execute(SEARCH_TERM_SQL, (fts5_match(owner, [t]), SEARCH_WINDOW))}
+                for t in terms
+            ]
+
+            def phase(match: str, window: int, every: bool) -> list[Candidate[int]]:
+                out = []
+                for rowid, created, length in db.execute(sql, (match, window, user_id, *tail)):
+                    held = (
+                        range(len(terms))
+                        if every
+                        else (i for i, h in enumerate(holders) if rowid in h)
+                    )
+                    out.append(Candidate(rowid, created, length, frozenset(held), rowid))
+                return out
+
+            phases = [phase(fts5_match(owner, terms, "AND"), SEARCH_WINDOW, True)]
+            found = len(phases[0])
+            rare = [t for t, h in zip(terms, holders, strict=True) if len(h) < SEARCH_WINDOW]
+            if found < limit and len(terms) > 1 and rare:
+                window = SEARCH_WINDOW * len(rare)
+                phases.append(phase(fts5_match(owner, rare, "OR"), window, False))
+                found += len(phases[-1])
+            if found < limit and len(terms) > len(rare):
+                window = min(SEARCH_WINDOW, max(64, 8 * limit))
+                phases.append(phase(fts5_match(owner, terms, "OR"), window, False))
+            best = rank_phases(phases, [len(h) for h in holders], limit)
+            if not best:
+                return []
+            marks = ", ".join("?" * len(best))
+            rows = {
+                r[0]: r for r in db.execute(_TURNS_BY_ID.format(marks=marks), [b[0] for b in best])
+            }
+            return [(*rows[rowid], score) for rowid, score in best if rowid in rows]
 
         hits: list[RecallHit] = []
         for row in await self._read("search_turns", fn):
             turn = self._turn(row[:-1], user_id)
             if turn is not None:
-                # bm25 is lower-is-better; a hit's score is higher-is-better
-                hits.append(RecallHit(turn=turn, score=-float(row[-1])))
+                hits.append(RecallHit(turn=turn, score=float(row[-1])))
         return hits
 
     async def stats(self) -> StoreStats:
