@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from livekit_history_plugin.history import writer as writer_mod
+from livekit_history_plugin.history.calls import CallRecord
 from livekit_history_plugin.history.models import (
     ConversationInfo,
     Fact,
@@ -99,6 +100,12 @@ class FlakyStore(HistoryStore):
 
     async def stats(self) -> StoreStats:
         return await self.inner.stats()
+
+    async def record_call(self, record: CallRecord) -> None:
+        await self.inner.record_call(record)
+
+    async def load_calls(self, user_id: str, limit: int) -> list[CallRecord]:
+        return await self.inner.load_calls(user_id, limit)
 
 
 @pytest.fixture
