@@ -18,7 +18,7 @@ from livekit.agents import __version__ as _LIVEKIT_VERSION
 
 from .. import _plugin  # noqa: F401  (registers with livekit)
 from ..log import logger
-from ..providers import reviewed_subclass
+from ..providers import fork_package, reviewed_subclass
 from ._adapter import ReplayOptions, SessionAdapter, adapter_of
 from .beta import BetaSessionAdapter
 from .degraded import SanitizerOnly, sanitizer_only_of
@@ -81,6 +81,14 @@ def dispatch_session(session: Any, versions: dict[str, str] | None = None) -> Di
     if found.adapter is None and found.route is not None and reviewed_subclass(type(session)):
         # a provider's subclass (xAI, LiveKit Inference) whose overrides were read
         found = Dispatch(found.route.adapter, "", found.route)
+    fork = fork_package(session)
+    if found.adapter is None and fork is not None:
+        found = Dispatch(
+            None,
+            f"{fork} is a fork of livekit's OpenAI realtime client, not a subclass (its "
+            "private names and answers differ)",
+            found.route,
+        )
     if found.adapter is None:
         return found
     adapter = found.adapter
