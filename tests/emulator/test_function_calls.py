@@ -217,6 +217,7 @@ async def test_agent_session_runs_the_tool(
     emulator: RealtimeEmulator, path: tuple[str, str]
 ) -> None:
     emulator.reply = _weather_reply
+    emulator.openai_beta = path[0] == "openai-beta"  # the retired shape, served explicitly
     model = emulator.realtime_model(path[0], modalities=["text"])  # type: ignore[arg-type]
     agent = WeatherAgent()
     async with AgentSession(llm=model) as agent_session:
