@@ -66,6 +66,9 @@ _SESSION_WATCHERS = "_lhp_history_session_watchers"
 # a catch-up summary job a load schedules starts this much later, so its work
 # does not compete with the starting call (connect, replay, first reply)
 _CATCH_UP_DELAY = 1.0
+# turns read with the facts and the summary at load; the default max_recent_turns
+# (50) fits in it, a larger one pages on through `load_selection`
+_FIRST_PAGE = 64
 # load reports waiting for the call's `attach` (a load without one must not pile up)
 _LOAD_REPORTS_KEPT = 1_024
 
@@ -311,7 +314,14 @@ class HistoryPlugin:
         loaded = False
         try:
             await self.open()
-            facts = await self.store.load_facts(user_id)
+            # one wait for the store, not three in a row: the budget needs the facts,
+            # the selection the budget, but the reads need none of them
+            page = min(cfg.budget.max_recent_turns + 1, _FIRST_PAGE)
+            facts, summary, newest = await asyncio.gather(
+                self.store.load_facts(user_id),
+                self.store.load_summary(user_id),
+                self.store.load_latest(user_id, page),
+            )
             budget = compute_history_budget(
                 model, instructions, tools_json, cfg.budget, facts=facts, mode=cfg.mode
             )
@@ -319,9 +329,15 @@ class HistoryPlugin:
             if summarize_now:
                 selection, summarized = await self._summarize_now(user_id, budget)
             else:
-                selection = await load_selection(
-                    self.store, user_id, budget, mode=cfg.mode, cfg=cfg.budget
-                )
+                selection = select_history(newest, summary, budget, mode=cfg.mode, cfg=cfg.budget)
+                if (
+                    len(newest) == page
+                    and len(selection.turns) == page <= cfg.budget.max_recent_turns
+                ):
+                    # every turn of the page fitted and more may: page through the store
+                    selection = await load_selection(
+                        self.store, user_id, budget, mode=cfg.mode, cfg=cfg.budget
+                    )
             loaded = True
         except (StoreError, OSError) as e:
             logger.error(
@@ -342,7 +358,10 @@ class HistoryPlugin:
                 delay=_CATCH_UP_DELAY,
             )
             pending = True
-        rendered = render_history(selection, facts, cfg.mode, agent_instructions=instructions)
+        # the selection's count is exact for its mode (tests/history/test_budget*.py)
+        rendered = render_history(
+            selection, facts, cfg.mode, agent_instructions=instructions, recount=False
+        )
         agent_instructions = rendered.instructions
         if cfg.mode == "instructions" and not (selection.turns or selection.summary):
             # render leaves the blank line meant to precede the history block

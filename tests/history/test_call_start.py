@@ -30,6 +30,7 @@ from livekit_history_plugin.history.plugin import HistoryConfig, HistoryPlugin
 from livekit_history_plugin.history.render import SUMMARY_TAG
 from livekit_history_plugin.history.stores import open_store
 from livekit_history_plugin.history.summarize import ExtractiveSummarizer, LLMSummarizer
+from livekit_history_plugin.history.tokens import message_tokens
 from livekit_history_plugin.testing import RealtimeEmulator
 
 LOGGER = "livekit.plugins.history"
@@ -278,6 +279,8 @@ async def test_a_call_closing_brings_the_summary_up_to_date_for_the_next_call(
         assert second.loaded.summary == summary
         assert not second.loaded.summary_stale and not second.loaded.summary_pending
         assert [t.text for t in second.loaded.turns] == [t.text for t in first.recorder.turns[4:]]
+        # load takes the selection's count; it is the exact count of what is sent
+        assert second.loaded.tokens == message_tokens("user", message_text(second.loaded.chat_ctx))
         await second.say("Hello again")
         await second.end()
     await plugin.aclose()
