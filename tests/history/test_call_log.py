@@ -16,7 +16,7 @@ import pytest
 from history_helpers import AGENT_INSTRUCTIONS, PATHS, run_call, start_call
 
 from livekit_history_plugin.compat import adapter_of
-from livekit_history_plugin.history.plugin import HistoryPlugin
+from livekit_history_plugin.history.plugin import HistoryConfig, HistoryPlugin
 from livekit_history_plugin.history.stores import open_store
 from livekit_history_plugin.testing import RealtimeEmulator
 from livekit_history_plugin.testing.spans import (
@@ -118,3 +118,33 @@ async def test_two_calls_leave_spans_reports_and_call_records(
         # livekit 1.8 marks its own content too: then no span of the trace has any
         # (before 1.8 livekit's own `lk.response.text` carries the replies)
         assert content_outside_pii(exporter, content) == []
+
+
+async def test_a_store_that_is_down_shows_in_the_spans_without_its_password(
+    emu: RealtimeEmulator,
+) -> None:
+    password = "s3cret-pw"
+    plugin = HistoryPlugin(
+        f"postgresql://agent:{password}@127.0.0.1:1/none?command_timeout=1",
+        HistoryConfig(flush_timeout=0.3),
+    )
+    with _spans() as exporter:
+        call = await start_call(emu, plugin, USER)
+        await call.say(SECOND_CALL[0])
+        await call.end()
+    await plugin.aclose()
+    report = call.loaded.report
+    assert report is not None
+    assert (report.failed, report.store, report.turns) == (True, "postgresql", 0)
+    # the call went on; its turns could not be written, and its record neither
+    assert call.recorder.written == 0 and call.recorder.dropped == 2
+    if exporter is None:
+        return
+    (load,) = spans_named(exporter, "history.load")
+    assert dict(load.attributes)["lk.history.load_failed"] is True
+    (record,) = spans_named(exporter, "history.record")
+    assert dict(record.attributes)["lk.history.write_failures"] == 2
+    everything = [
+        str(v) for s in exporter.get_finished_spans() for v in dict(s.attributes).values()
+    ]
+    assert not [v for v in everything if password in v]
