@@ -350,6 +350,7 @@ _FORGET = re.compile(
     r"(?:about\s+)?(that\b|my\b|everything\b|all\b|what I said\b|it\b)(.*)",
     re.I,
 )
+_POLITE_REQUEST = re.compile(r"^\s*(?:can|could|would|will) you\b", re.I)
 _FORGET_TOPICS: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = (
     (re.compile(r"\bname\b", re.I), ("name", "preferred_name")),
     (re.compile(r"\ballerg|\bintoleran", re.I), ("allergy:",)),
@@ -471,6 +472,8 @@ class RuleFactExtractor:
         m = _FORGET.search(s.text)
         if m is None or not s.asserts(m.start(), requests=True):
             return None
+        if s.question and not _POLITE_REQUEST.match(s.text):
+            return None  # "did you forget my name?" asks, it does not revoke
         head, rest = m.group(1).lower(), m.group(2)
         if head in ("everything", "all") and not re.search(r"\ballerg", rest, re.I):
             return Operation(s.turn_id, forget=(FORGET_ALL,))
@@ -604,8 +607,22 @@ class _LLMFact(BaseModel):
 
 
 class _LLMAnswer(BaseModel):
-    facts: list[_LLMFact] = Field(default_factory=list, max_length=32)
-    forget: list[str] = Field(default_factory=list, max_length=32)
+    # items are validated one by one: one bad fact must not void the others
+    facts: list[Any] = Field(default_factory=list, max_length=32)
+    forget: list[Any] = Field(default_factory=list, max_length=32)
+
+    def valid_facts(self) -> list[_LLMFact]:
+        out = []
+        for raw in self.facts:
+            try:
+                out.append(_LLMFact.model_validate(raw))
+            except ValidationError as e:
+                logger.debug("LLM fact %r dropped: %s", raw, _first_error(e))
+        return out
+
+    def valid_forget(self) -> tuple[str, ...]:
+        keys = (k.strip().lower() for k in self.forget if isinstance(k, str))
+        return tuple(k for k in keys if _KEY_RE.fullmatch(k))
 
 
 def build_facts_prompt(
@@ -678,14 +695,12 @@ class LLMFactExtractor:
         except (ValidationError, ValueError) as e:
             raise ValueError(f"invalid answer: {_first_error(e)}") from None
         ops: list[Operation] = []
-        forget = tuple(
-            k.strip().lower() for k in answer.forget if _KEY_RE.fullmatch(k.strip().lower())
-        )
+        forget = answer.valid_forget()
         if forget:
             # the answer is the call's end state: revocations first, then the facts
             # it still lists (a fact both revoked and restated is kept, restated)
             ops.append(Operation(next(iter(ids.values())), forget=forget))
-        for f in answer.facts:
+        for f in answer.valid_facts():
             sources = tuple(dict.fromkeys(ids[t] for t in f.turns if t in ids))
             if not sources:
                 logger.debug("LLM fact %r names no caller turn it was shown; dropped", f.key)
