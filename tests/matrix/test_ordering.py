@@ -175,3 +175,44 @@ async def test_inserts_between_existing_items_follow_the_chain_when_reversed(
     assert server_ids(emulator) == want
     assert at_return == want
     assert stats.forced == 0
+
+
+async def test_rewritten_item_acked_before_the_delete_of_its_old_copy(
+    path: Any, emulator: RealtimeEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An item whose text changed is deleted and created again; answered last-first,
+    the new copy's ack comes before the old copy's deletion. The mirror keeps the
+    new copy, at its place, and the deletion's ack does not take it away."""
+    model = wrap_realtime_model(path.build(emulator), options=FAST)
+    session = model.session()
+    await emulator.wait_for_session()
+    ids = IDS[:6]
+    try:
+        await session.update_chat_ctx(llm.ChatContext(messages(ids)))
+        emulator.faults.reorder_acks = 2  # the delete's ack and the create's, swapped
+        changed = messages(ids)
+        changed[2] = llm.ChatMessage(id=ids[2], role="user", content=["rewritten"])
+        await session.update_chat_ctx(llm.ChatContext(changed))
+        at_return = mirror_ids(session)
+        text = session.chat_ctx.get_by_id(ids[2]).text_content
+        adapter = adapter_of(session)
+        assert adapter is not None and adapter.last_result is not None
+        result = adapter.last_result
+        await emulator.wait_until(
+            lambda: len(emulator.last_session.sent_of("conversation.item.deleted")) == 1, 5
+        )
+        await asyncio.sleep(0.3)
+        later = mirror_ids(session)
+        kinds = [
+            e.type
+            for e in emulator.last_session.sent
+            if e.type in (*_ACKS, "conversation.item.deleted")
+        ]
+    finally:
+        await session.aclose()
+    assert kinds[-2:] == [kinds[-2], "conversation.item.deleted"] and kinds[-2] in _ACKS
+    assert server_ids(emulator) == ids
+    assert at_return == later == ids
+    assert text == "rewritten"
+    assert result.deleted == [ids[2]] and result.confirmed == [ids[2]]
+    assert unexpected_logs(caplog) == []
