@@ -125,7 +125,7 @@ def test_example_demo_subprocess(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "Replayed into call 2: conversation.item.create → server ack (beta dialect)" in out
-    assert out.count("conversation.item.created") >= 5
+    assert out.count("conversation.item.created") >= 4  # one per call-1 turn (4 on livekit 1.2)
     assert "call 2 remembered call 1" in out
     assert "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []  # nothing left behind (no default store created)
