@@ -116,6 +116,8 @@ class SessionAdapter:
         self.last_result: ReplayResult | None = None
         self.last_report: ReplayReport | None = None
         self.reports: collections.deque[ReplayReport] = collections.deque(maxlen=_REPORTS_KEPT)
+        #: called with each new report (the recorder's call log counts them)
+        self.report_listeners: list[Callable[[ReplayReport], None]] = []
         self._timings = ReplayTimings()
         self._driver: ReplayDriver | None = None
         self._plan: UpdatePlan | None = None
@@ -409,6 +411,11 @@ class SessionAdapter:
         report = timings.report(result, dialect=self.dialect, dropped_by_sanitizer=plan.dropped)
         self.last_report = report
         self.reports.append(report)
+        for listener in list(self.report_listeners):
+            try:
+                listener(report)
+            except Exception:  # a listener must never fail the replay
+                logger.exception("replay report listener failed")
         telemetry.record_replay(report, start_ns=timings.start_ns)
         logger.info(
             "chat context replayed: %s",

@@ -27,7 +27,7 @@ from .stores.base import StoreError
 if TYPE_CHECKING:
     from .recorder import Recorder
 
-__all__ = ["CallLog", "CallRecord", "LoadReport", "build_call_record", "finish_call", "report_load", "store_kind"]
+__all__ = ["CallLog", "CallRecord", "LoadReport", "ReplayTally", "build_call_record", "finish_call", "report_load", "store_kind"]
 
 # calls kept per user on Redis (SQL stores keep them until purged by age)
 MAX_CALLS_PER_USER = 100
@@ -84,6 +84,36 @@ class CallRecord(BaseModel):
     write_retries: int = 0
 
 
+class ReplayTally:
+    """The replays of one call, folded as they happen: the first report (the
+    history's) and running totals, so a long call keeps nothing per update."""
+
+    def __init__(self) -> None:
+        self.first: ReplayReport | None = None
+        self.replays = 0
+        self.items_sent = 0
+        self.items_rejected = 0
+        self.resends = 0
+        self.rejected_codes: dict[str, int] = {}
+
+    @classmethod
+    def of(cls, reports: Sequence[ReplayReport]) -> ReplayTally:
+        tally = cls()
+        for r in sorted(reports, key=lambda r: r.started_at):
+            tally.add(r)
+        return tally
+
+    def add(self, report: ReplayReport) -> None:
+        if self.first is None or report.started_at < self.first.started_at:
+            self.first = report
+        self.replays += 1
+        self.items_sent += report.items_sent
+        self.items_rejected += len(report.rejected)
+        self.resends += report.resends
+        for code, n in report.rejected_codes.items():
+            self.rejected_codes[code] = self.rejected_codes.get(code, 0) + n
+
+
 def _without_messages(report: ReplayReport) -> ReplayReport:
     # the server's wording can quote the item: the call log keeps codes only
     rejected = [r.model_copy(update={"message": ""}) for r in report.rejected]
@@ -96,7 +126,7 @@ def build_call_record(
     conversation_id: str,
     started_at: datetime,
     loaded: LoadReport | None,
-    reports: Sequence[ReplayReport],
+    replays: ReplayTally,
     gate: Any | None,
     turns_recorded: int,
     turns_dropped: int,
@@ -104,11 +134,6 @@ def build_call_record(
     write_retries: int,
 ) -> CallRecord:
     """`gate`: a compat `AudioGateStats` (or None when audio was not held)."""
-    ordered = sorted(reports, key=lambda r: r.started_at)
-    codes: dict[str, int] = {}
-    for r in ordered:
-        for code, n in r.rejected_codes.items():
-            codes[code] = codes.get(code, 0) + n
     held = getattr(gate, "opened_after", None)
     return CallRecord(
         user_id=user_id,
@@ -116,12 +141,12 @@ def build_call_record(
         started_at=started_at,
         ended_at=datetime.now(timezone.utc),
         loaded=loaded,
-        replays=len(ordered),
-        history_replay=_without_messages(ordered[0]) if ordered else None,
-        items_sent=sum(r.items_sent for r in ordered),
-        items_rejected=sum(len(r.rejected) for r in ordered),
-        rejected_codes=codes,
-        resends=sum(r.resends for r in ordered),
+        replays=replays.replays,
+        history_replay=_without_messages(replays.first) if replays.first else None,
+        items_sent=replays.items_sent,
+        items_rejected=replays.items_rejected,
+        rejected_codes=dict(replays.rejected_codes),
+        resends=replays.resends,
         audio_gate_held_s=held if isinstance(held, float) else None,
         audio_gate_reason=getattr(gate, "reason", None),
         audio_frames_held=int(getattr(gate, "frames_held", 0) or 0),
@@ -189,24 +214,23 @@ def report_load(
 
 class CallLog:
     """What a recorder keeps of its call for the call record: when it started,
-    what `load` gave it, and the replay reports and audio gate of each realtime
+    what `load` gave it, the replays (each as it is reported) and audio gate of each realtime
     session (kept, not the sessions: those may be gone by the call's end)."""
 
     def __init__(self) -> None:
         self.started_at = datetime.now(timezone.utc)
         self.loaded: LoadReport | None = None
-        self._reports: list[Sequence[ReplayReport]] = []
+        self.replays = ReplayTally()
         self._gates: list[Any] = []
 
     def watch(self, adapter: Any) -> None:
-        """Keep the reports of a compat `SessionAdapter` (and its gate, if it holds audio)."""
-        self._reports.append(adapter.reports)
+        """Count the replays of a compat `SessionAdapter` (those reported so far and
+        every later one) and keep its gate, if it holds audio."""
+        for report in adapter.reports:
+            self.replays.add(report)
+        adapter.report_listeners.append(self.replays.add)
         if adapter.options.audio_gate_timeout is not None:
             self._gates.append(adapter.audio_gate)
-
-    @property
-    def reports(self) -> list[ReplayReport]:
-        return [r for reports in self._reports for r in reports]
 
     @property
     def gate(self) -> Any | None:
@@ -234,7 +258,7 @@ async def _finish_call(recorder: Recorder, *, start_ns: int, timeout: float) -> 
         conversation_id=recorder.conversation_id,
         started_at=log.started_at,
         loaded=log.loaded,
-        reports=log.reports,
+        replays=log.replays,
         gate=log.gate,
         turns_recorded=recorder.written,
         turns_dropped=recorder.dropped,

@@ -16,6 +16,7 @@ from livekit_history_plugin.history.calls import (
     MAX_CALLS_PER_USER,
     CallRecord,
     LoadReport,
+    ReplayTally,
     build_call_record,
 )
 from livekit_history_plugin.replay.report import RejectedItem, ReplayReport
@@ -62,7 +63,7 @@ def record(conv: str, ended: datetime, *, user: str = "ada", rejected: int = 0) 
         conversation_id=conv,
         started_at=ended - timedelta(minutes=5),
         loaded=loaded,
-        reports=[replay_report(ended - timedelta(minutes=5), rejected=rejected)],
+        replays=ReplayTally.of([replay_report(ended - timedelta(minutes=5), rejected=rejected)]),
         gate=gate,
         turns_recorded=6,
         turns_dropped=0,
@@ -174,3 +175,15 @@ async def test_trace_of_an_unknown_user_exits_2(backend: Backend) -> None:
     result = await asyncio.to_thread(_invoke, backend.url, "trace", "nobody")
     assert result.exit_code == ExitCode.NOT_FOUND
     assert result.stderr.startswith("error: unknown user 'nobody'")
+
+
+def test_a_long_call_keeps_its_first_replay_and_totals() -> None:
+    # more updates than an adapter keeps reports of: nothing is lost from the record
+    reports = [replay_report(T0 + timedelta(seconds=i), rejected=i % 2) for i in range(40)]
+    tally = ReplayTally()
+    for r in reports:
+        tally.add(r)
+    assert tally.first == reports[0]
+    assert (tally.replays, tally.items_sent, tally.items_rejected) == (40, 480, 20)
+    assert tally.rejected_codes == {"invalid_value": 20}
+    assert ReplayTally.of(list(reversed(reports))).first == reports[0]
