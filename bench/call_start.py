@@ -15,13 +15,14 @@ does not count as the client's; `--in-process-emulator` runs it in this one.
 
 Rows: livekit alone; history with 0, 50 and 10,000 stored turns (SQLite, and
 PostgreSQL when `--pg` is reachable); and an LLM summarizer whose every answer
-takes `--summary-seconds` (a real livekit `llm.LLM`): each call starts right
-after the previous one ended, while that call's summary job is still waiting
-for the LLM. One HistoryPlugin per row, made before the first call (as a worker
-process would at startup) - the tokenizer is NOT warmed up by hand: the plugin
-builds it in a background thread. The 10,000-turn caller's summary is brought
-up to date before timing (as earlier calls' post-call jobs would have). Other
-rows wait for the post-call jobs between calls, so each call starts idle.
+takes `--summary-seconds` (a real livekit `llm.LLM`): each timed call starts
+right after an untimed call of the same caller ended, while that call's summary
+job is still waiting for the LLM. One HistoryPlugin per row, made before the
+first call (as a worker process would at startup; the tokenizer is not warmed
+up by hand). The 10,000-turn caller's summary is brought up to date before
+timing (as earlier calls' post-call jobs would have). Other rows wait for their
+post-call jobs between calls. Rows take turns call by call, so a busy moment of
+a shared machine hits every row alike.
 
     .venv/bin/python bench/call_start.py [--calls 20] [--latency 0.05]
         [--summary-seconds 2] [--pg postgresql://postgres@127.0.0.1/test] [--no-pg]
@@ -107,6 +108,7 @@ class Row:
 @dataclass
 class CallResult:
     ms: float
+    cpu_ms: float  # this process's CPU time (all threads) over the same span
     replayed: int
     stale: bool
     pending: bool
@@ -147,7 +149,7 @@ async def one_call(new_model: ModelFactory, plugin: HistoryPlugin | None, user: 
         if getattr(item, "role", None) == "assistant" and not replied.done():
             replied.set_result(time.perf_counter())
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     loaded = None
     if plugin is not None:
         loaded = await plugin.load(user, instructions=INSTRUCTIONS)
@@ -163,6 +165,7 @@ async def one_call(new_model: ModelFactory, plugin: HistoryPlugin | None, user: 
     await session.start(agent)
     run = asyncio.ensure_future(session.run(user_input=USER_INPUT))
     t1 = await asyncio.wait_for(replied, 30)
+    c1 = time.process_time()
     await asyncio.wait_for(run, 30)
     await session.aclose()
     if recorder is not None:
@@ -170,36 +173,55 @@ async def one_call(new_model: ModelFactory, plugin: HistoryPlugin | None, user: 
     await model.aclose()
     return CallResult(
         ms=(t1 - t0) * 1000,
+        cpu_ms=(c1 - c0) * 1000,
         replayed=len(loaded.turns) if loaded is not None else 0,
         stale=loaded.summary_stale if loaded is not None else False,
         pending=loaded.summary_pending if loaded is not None else False,
     )
 
 
-async def run_row(args: argparse.Namespace, row: Row, url: str | None) -> list[CallResult]:
-    plugin = None
-    slow = SlowLLM(args.summary_seconds) if row.slow_summary else None
+@dataclass
+class Setup:
+    row: Row
+    user: str
+    url: str | None
+    plugin: HistoryPlugin | None
+    results: list[CallResult]
+
+
+async def set_up(args: argparse.Namespace, row: Row, url: str | None) -> Setup:
     user = f"bench-{row.turns}-{uuid.uuid4().hex[:8]}"
-    if url is not None:
-        await _seed(url, user, row.turns)
-        cfg = HistoryConfig(summarizer=slow, summary_timeout=args.summary_seconds * 5)
-        plugin = HistoryPlugin(url, cfg)
-        if row.turns > 50:
-            # steady state: earlier calls' post-call jobs brought the summary up to date
-            async with HistoryPlugin(url, HistoryConfig()) as warm:
-                await warm.load(user, instructions=INSTRUCTIONS, summarize_now=True)
-    results: list[CallResult] = []
-    async with emulator(args) as new_model:
-        for _ in range(args.calls):
-            results.append(await one_call(new_model, plugin, user))
-            if plugin is not None and not row.slow_summary:
-                await plugin.wait_post_call(user)
-    if plugin is not None:
-        await plugin.aclose()
-        if url is not None:
-            async with open_store(url) as store:
-                await store.delete_user(user)
-    return results
+    if url is None:
+        return Setup(row, user, None, None, [])
+    await _seed(url, user, row.turns)
+    slow = SlowLLM(args.summary_seconds) if row.slow_summary else None
+    cfg = HistoryConfig(summarizer=slow, summary_timeout=args.summary_seconds * 5)
+    if row.turns > 50:
+        # steady state: earlier calls' post-call jobs brought the summary up to date
+        async with HistoryPlugin(url, HistoryConfig()) as warm:
+            await warm.load(user, instructions=INSTRUCTIONS, summarize_now=True)
+    return Setup(row, user, url, HistoryPlugin(url, cfg), [])
+
+
+async def one_round(new_model: ModelFactory, setups: Sequence[Setup]) -> None:
+    """One call of every row, in turn, so a busy moment of the machine hits all rows."""
+    for s in setups:
+        if s.row.slow_summary:
+            # this call's summary job waits on the slow LLM while the next call starts
+            await one_call(new_model, s.plugin, s.user)
+            s.results.append(await one_call(new_model, s.plugin, s.user))
+            continue
+        s.results.append(await one_call(new_model, s.plugin, s.user))
+        if s.plugin is not None:
+            await s.plugin.wait_post_call(s.user)
+
+
+async def tear_down(s: Setup) -> None:
+    if s.plugin is not None:
+        await s.plugin.aclose()
+    if s.url is not None:
+        async with open_store(s.url) as store:
+            await store.delete_user(s.user)
 
 
 @contextlib.asynccontextmanager
@@ -238,6 +260,35 @@ async def serve_emulator(latency: float) -> None:
         await asyncio.to_thread(sys.stdin.read)
 
 
+HEADER = (
+    "| variant | store | stored turns | p50 ms | p95 ms | p50 - livekit ms | p50 / livekit "
+    "| cpu ms p50 | 1st call ms | replayed turns | stale / pending |\n"
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+)
+
+
+def _line(s: Setup, base: float) -> str:
+    results = s.results
+    times = [r.ms for r in results]
+    p50, p95 = _pct(times, 50), _pct(times, 95)
+    stale = sum(r.stale for r in results)
+    pending = sum(r.pending for r in results)
+    cells = [
+        s.row.name,
+        s.row.store or "-",
+        f"{s.row.turns:,}" if s.row.store else "-",
+        f"{p50:.1f}",
+        f"{p95:.1f}",
+        f"{p50 - base:+.1f}",
+        f"{p50 / base:.2f}",
+        f"{_pct([r.cpu_ms for r in results], 50):.1f}",
+        f"{times[0]:.0f}",
+        f"{_pct([float(r.replayed) for r in results], 50):.0f}",
+        f"{stale} / {pending}",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
 def _pct(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))
@@ -274,33 +325,28 @@ async def run(args: argparse.Namespace) -> None:
             "session.start -> first reply (load() included for history rows); emulator "
             + ("in this process" if args.in_process_emulator else "in its own process")
         )
-        header = (
-            f"{'variant':<28} {'store':<11} {'turns':>6} {'p50 ms':>8} {'p95 ms':>8} "
-            f"{'p50 - livekit':>14} {'p50 / livekit':>14} {'1st ms':>7} {'replayed':>9} {'stale/pending':>14}"
-        )
-        print(header + "\n" + "-" * len(header))
-        base = None
-        for row in rows:
-            url = stores[row.store] if row.store is not None else None
-            results = await run_row(args, row, url)
-            times = [r.ms for r in results]
-            p50, p95 = _pct(times, 50), _pct(times, 95)
-            base = p50 if base is None else base
-            stale = sum(r.stale for r in results)
-            pending = sum(r.pending for r in results)
-            print(
-                f"{row.name:<28} {row.store or '-':<11} "
-                f"{row.turns if row.store else '-':>6} {p50:>8.1f} {p95:>8.1f} "
-                f"{p50 - base:>+14.1f} {p50 / base:>14.2f} {times[0]:>7.0f} "
-                f"{_pct([r.replayed for r in results], 50):>9.0f} "
-                f"{f'{stale}/{pending}':>14}",
-                flush=True,
-            )
+        setups = [
+            await set_up(args, row, stores[row.store] if row.store is not None else None)
+            for row in rows
+        ]
+        async with emulator(args) as new_model:
+            for _ in range(args.calls):
+                await one_round(new_model, setups)
+        for s in setups:
+            await tear_down(s)
+        print(HEADER)
+        base = _pct([r.ms for r in setups[0].results], 50)
+        for s in setups:
+            print(_line(s, base))
     print(
-        "\n1st: the row's first call (its plugin was just made; the first history row "
-        "waits for the tokenizer\n  the plugin began building in the background).\n"
-        "turns: stored before the first call (each call adds 2). replayed: verbatim turns, "
-        "median.\nstale/pending: calls that started while older turns were not in the summary "
+        "\nRows take turns: round i runs call i of every row (a busy moment of the machine "
+        "hits all rows).\n1st: the row's first call (store connection, caches cold).\n"
+        "LLM summary rows: each timed call starts right after an untimed call of the same "
+        "caller,\n  whose summary job is waiting on the slow LLM.\n"
+        "cpu: this process's CPU time over the call's span, all threads (the emulator runs "
+        "elsewhere);\n  unlike wall time it does not grow when other processes take the cores.\n"
+        "stored turns: before the first call (each call adds 2). replayed: verbatim turns, "
+        "median.\nstale / pending: calls that started while older turns were not in the summary "
         "yet / while a summary job was queued or running."
     )
 
