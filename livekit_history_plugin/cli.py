@@ -1400,6 +1400,84 @@ def trace(
 # -- demo ------------------------------------------------------------------------------------------
 
 
+# -- memory: facts and recall ----------------------------------------------------------------
+
+
+def _facts_detail_table(facts: Sequence[Fact], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("key", no_wrap=True, style="cyan")
+    table.add_column("fact", overflow="fold")
+    table.add_column("from", no_wrap=True)
+    table.add_column("source turns", overflow="fold", style="dim")
+    table.add_column("since (UTC)", no_wrap=True, style="dim")
+    for f in facts:
+        table.add_row(
+            escape(f.key),
+            escape(f.text),
+            escape(f.origin),
+            escape(", ".join(f.source_turn_ids)),
+            _fmt_time(f.created_at),
+        )
+    return table
+
+
+@app.command()
+def facts(
+    ctx: typer.Context,
+    user: Annotated[str, typer.Argument(metavar="USER", help="The caller's user id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """List a caller's durable facts: key, text, where each came from, source turns."""
+    settings = _settings(ctx)
+    user_id = _user(settings, user)
+    stored = run(settings, lambda store: store.load_facts(user_id))
+    if as_json:
+        for f in stored:
+            line = json.dumps(f.model_dump(mode="json"), ensure_ascii=False)
+            settings.out.print(line, markup=False, soft_wrap=True, highlight=False)
+        return
+    if not stored:
+        settings.out.print(f"no facts stored for {user_id!r}", markup=False)
+        return
+    settings.out.print(_facts_detail_table(stored, f"Facts of {escape(user_id)}"))
+
+
+@app.command()
+def forget(
+    ctx: typer.Context,
+    user: Annotated[str, typer.Argument(metavar="USER", help="The caller's user id.")],
+    key: Annotated[str, typer.Argument(metavar="KEY", help="The fact's key (see `facts USER`).")],
+) -> None:
+    """Delete one durable fact of a caller (exit 2 when there is no such fact)."""
+    settings = _settings(ctx)
+    user_id = _user(settings, user)
+
+    async def op(store: HistoryStore) -> bool:
+        return await store.delete_fact(user_id, key)
+
+    if not run(settings, op):
+        raise fail(settings, CliError(f"no fact {key!r} stored for {user_id!r}", ExitCode.NOT_FOUND))
+    settings.out.print(f"deleted fact {key!r} of {user_id!r}", markup=False, soft_wrap=True)
+
+
+@app.command()
+def recall(
+    ctx: typer.Context,
+    user: Annotated[str, typer.Argument(metavar="USER", help="The caller's user id.")],
+    query: Annotated[str, typer.Argument(metavar="QUERY", help="Words to look for.")],
+    k: Annotated[int, typer.Option("-k", min=1, max=100, help="Most turns to show.")] = 5,
+) -> None:
+    """Search a caller's stored turns as the agent's recall tool does (best match first)."""
+    settings = _settings(ctx)
+    user_id = _user(settings, user)
+    hits = run(settings, lambda store: store.search_turns(user_id, query, k))
+    if not hits:
+        settings.out.print(f"no stored turn of {user_id!r} matches {query!r}", markup=False)
+        return
+    table = _turns_table([h.turn for h in hits], f"Recall for {escape(user_id)}: {escape(query)}")
+    settings.out.print(table)
+
+
 @app.command()
 def demo(
     ctx: typer.Context,
