@@ -523,7 +523,9 @@ class ReplayEngine:
             # Matched by order alone (if an earlier ack was lost, this error is a
             # later item's), or transient (the insert may have happened before
             # it): ask the server rather than drop a landed item or send it twice.
-            c.suspect_error = (code, message, param)
+            # a transient error keeps a retryable code, whatever the server called it
+            kept = code if not retryable or code in _RETRYABLE_CODES else str(err.get("type"))
+            c.suspect_error = (kept, message, param)
             return Reaction((self._verify(c, now),), claimed)
         return Reaction(tuple(self._create_error(c, code, message, param, now)), claimed)
 
@@ -592,7 +594,7 @@ class ReplayEngine:
         if suspect is None:
             return self._reject(c, ACK_TIMEOUT, "its ack timed out and the server does not have it")
         code, message, param = suspect
-        if code in _RETRYABLE_CODES or code == "rate_limit_error":
+        if code in _RETRYABLE_CODES or code in _RETRYABLE_TYPES:
             return self._retry_later(c, code, message, now)
         return self._create_error(c, code, message, param, now)
 

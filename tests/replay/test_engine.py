@@ -520,3 +520,25 @@ def test_code_null_errors_are_classified_by_their_sentence() -> None:
     sends = [o.event for o in reaction.outputs if isinstance(o, SendEvent)]
     assert reaction.claimed and sends and sends[0]["item"]["id"] == "m0"
     assert sends[0]["previous_item_id"] == "root"
+
+
+def test_rate_limit_error_type_is_verified_then_retried() -> None:
+    # any code under type rate_limit_error is transient (D7: never observed on item
+    # creates, kept as a safety net)
+    failures = {"m1": 1}
+
+    class Limited(RealServer):
+        def handle(self, ev: dict[str, Any]) -> list[dict[str, Any]]:
+            item_id = ev.get("item", {}).get("id")
+            if ev["type"] == "conversation.item.create" and failures.get(item_id, 0) > 0:
+                failures[item_id] -= 1
+                err = self._err("tokens_per_min", "Rate limit reached", ev["event_id"])
+                err["error"]["type"] = "rate_limit_error"
+                return [err]
+            return super().handle(ev)
+
+    server = Limited()
+    engine = ReplayEngine(chain(3))
+    run(engine, server)
+    assert server.items == ["m0", "m1", "m2"]
+    assert engine.result.ok and engine.result.resends == 1
