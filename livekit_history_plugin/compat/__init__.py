@@ -15,6 +15,7 @@ import functools
 from typing import Any, TypeVar
 
 from livekit.agents import __version__ as _LIVEKIT_VERSION
+from livekit.agents import llm
 
 from .. import _plugin  # noqa: F401  (registers with livekit)
 from ..log import logger
@@ -137,13 +138,15 @@ def wrap_realtime_model(model: M, *, options: ReplayOptions | None = None) -> M:
     sanitizer-only.
 
     Raises:
-        TypeError: `model` is not a livekit realtime model (no `session()`).
+        TypeError: `model` is not a livekit `llm.RealtimeModel`.
     """
     original = getattr(model, "session", None)
-    if not callable(original):
+    if not isinstance(model, llm.RealtimeModel) or not callable(original):
+        # e.g. a text LLM, or 1.8's GPT-Live DuplexModel (no chat-context updates)
         raise TypeError(
-            "wrap_realtime_model() needs a livekit realtime model (one with .session()), "
-            f"such as livekit.plugins.openai.realtime.RealtimeModel; got {type(model).__name__}"
+            "wrap_realtime_model() needs a livekit realtime model (livekit.agents.llm."
+            "RealtimeModel), such as livekit.plugins.openai.realtime.RealtimeModel; "
+            f"got {type(model).__module__}.{type(model).__qualname__}"
         )
     if getattr(model, _WRAPPED, False):
         if options is not None:
@@ -165,7 +168,7 @@ def wrap_realtime_model(model: M, *, options: ReplayOptions | None = None) -> M:
             _warn_degraded(model, wrapping.reason)
         return sess
 
-    model.session = session  # type: ignore[attr-defined]
+    model.session = session  # type: ignore[method-assign]
     setattr(model, _OPTIONS, options)
     setattr(model, _WRAPPED, True)
     return model

@@ -30,9 +30,13 @@ class SanitizerOnly:
         self.reason = reason
 
     def install(self) -> None:
-        self._orig_update = self.session.update_chat_ctx
-        self.session.update_chat_ctx = self.update_chat_ctx
         setattr(self.session, _ATTR, self)
+        original = getattr(self.session, "update_chat_ctx", None)
+        if not callable(original):
+            self.reason += "; it has no update_chat_ctx, so nothing is wrapped"
+            return
+        self._orig_update = original
+        self.session.update_chat_ctx = self.update_chat_ctx
 
     async def update_chat_ctx(self, chat_ctx: llm.ChatContext, **kwargs: Any) -> None:
         # keyword arguments are livekit's own (1.0 - 1.1: `_add_mock_audio`)

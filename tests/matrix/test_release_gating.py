@@ -139,9 +139,29 @@ def test_parse_release(text: str, parsed: tuple[int, ...]) -> None:
     assert parse_release(text) == parsed
 
 
-def test_wrapping_something_that_is_not_a_realtime_model_is_refused() -> None:
+class _NotRealtime:
+    """Has a session() like 1.8's GPT-Live DuplexModel, but is no RealtimeModel."""
+
+    def session(self) -> Any:
+        raise AssertionError("never called")
+
+
+@pytest.mark.parametrize("thing", [object(), _NotRealtime()], ids=["object", "duplex-like"])
+def test_wrapping_something_that_is_not_a_realtime_model_is_refused(thing: Any) -> None:
     with pytest.raises(TypeError, match="needs a livekit realtime model"):
-        wrap_realtime_model(object())
+        wrap_realtime_model(thing)
+
+
+async def test_sanitizer_only_on_a_session_without_update_chat_ctx_wraps_nothing() -> None:
+    class Bare:
+        pass
+
+    session = Bare()
+    wrapping = compat.install(session, versions=versions("1.8.9"))
+    assert isinstance(wrapping, SanitizerOnly) and sanitizer_only_of(session) is wrapping
+    assert "unknown realtime session class" in wrapping.reason
+    assert wrapping.reason.endswith("it has no update_chat_ctx, so nothing is wrapped")
+    assert not hasattr(session, "update_chat_ctx")
 
 
 # -- on the installed release's real client ---------------------------------------
