@@ -1,6 +1,10 @@
 """Precision and recall of the offline fact rules on a labelled set of call transcripts.
 
-    python bench/facts.py [--data bench/data/facts_labelled.jsonl] [--verbose]
+    python bench/facts.py [--data FILE...] [--verbose]
+
+Two sets: `facts_labelled.jsonl` (50 calls, written with the rules, so its
+figure is in-sample) and `facts_heldout.jsonl` (20 calls written afterwards and
+never used to tune the rules).
 
 Each line of the data set is one call: its turns (caller and agent), the facts
 the caller already had (`known`), the facts the call should leave stored
@@ -32,7 +36,11 @@ from livekit_history_plugin.history.facts import RuleFactExtractor, capture_fact
 from livekit_history_plugin.history.models import Fact, Role, Turn  # noqa: E402
 from livekit_history_plugin.history.stores import open_store  # noqa: E402
 
-DATA = Path(__file__).with_name("data") / "facts_labelled.jsonl"
+DATA = [
+    Path(__file__).with_name("data") / "facts_labelled.jsonl",
+    # written after the rules, never used to tune them
+    Path(__file__).with_name("data") / "facts_heldout.jsonl",
+]
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
@@ -87,18 +95,20 @@ async def score(path: Path, verbose: bool) -> dict[str, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--data", type=Path, nargs="+", default=DATA)
     parser.add_argument("--verbose", action="store_true", help="print every miss and error")
     args = parser.parse_args()
-    c = asyncio.run(score(args.data, args.verbose))
-    precision = c["correct"] / c["produced"] if c["produced"] else 1.0
-    recall = c["correct"] / c["expected"] if c["expected"] else 1.0
-    print(f"offline fact rules on {c['calls']} labelled calls ({args.data.name})")
-    print(f"{'expected':>10} {'produced':>10} {'correct':>10} {'precision':>10} {'recall':>10}")
-    print(
-        f"{c['expected']:>10} {c['produced']:>10} {c['correct']:>10} "
-        f"{precision:>10.2f} {recall:>10.2f}"
-    )
+    print("offline fact rules (RuleFactExtractor) through capture_facts, SQLite store\n")
+    print("| data set | calls | expected | produced | correct | precision | recall |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for path in args.data:
+        c = asyncio.run(score(path, args.verbose))
+        precision = c["correct"] / c["produced"] if c["produced"] else 1.0
+        recall = c["correct"] / c["expected"] if c["expected"] else 1.0
+        print(
+            f"| {path.name} | {c['calls']} | {c['expected']} | {c['produced']} | "
+            f"{c['correct']} | {precision:.2f} | {recall:.2f} |"
+        )
 
 
 if __name__ == "__main__":
