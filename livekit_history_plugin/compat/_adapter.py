@@ -43,6 +43,7 @@ from ..providers import (
 from ..replay.driver import ReplayDriver
 from ..replay.engine import (
     CONNECTION_RESET,
+    PROBE_ID_PREFIX,
     DeleteFailed,
     ItemConfirmed,
     ItemDeleted,
@@ -322,6 +323,9 @@ class SessionAdapter:
 
     def _send(self, event: dict[str, Any]) -> None:
         self._timings.sent(event)
+        if _is_probe_event(event):
+            self.session.send_event(event)  # the engine's check item: not the mirror's
+            return
         if event["type"] == "conversation.item.create":
             self.order.sent_create(str(event["item"]["id"]), event.get("previous_item_id"))
         elif event["type"] == "conversation.item.delete":
@@ -457,6 +461,13 @@ class SessionAdapter:
         if (self._driver is None and not self._finished) or not isinstance(item_id, str):
             self._orig_ack(event)
             return
+        if item_id.startswith(PROBE_ID_PREFIX):
+            # the engine's throwaway check item: livekit must neither mirror it nor
+            # add it to the agent's context as a server-initiated placeholder
+            prev = getattr(event, "previous_item_id", None)
+            probe_ack = {"type": "conversation.item.added", "item": {"id": item_id}}
+            self._feed({**probe_ack, "previous_item_id": prev}, item_id)
+            return
         raw: dict[str, Any] = {
             "type": "conversation.item.added",
             "item": {"id": item_id},
@@ -484,6 +495,9 @@ class SessionAdapter:
 
     def _on_deleted(self, event: Any) -> None:
         item_id = getattr(event, "item_id", None)
+        if isinstance(item_id, str) and item_id.startswith(PROBE_ID_PREFIX):
+            self._feed({"type": "conversation.item.deleted", "item_id": item_id}, item_id)
+            return  # the check item was never mirrored
         if not item_id and self.provider.has(EMPTY_DELETED_ITEM_ID):
             # the server answers in order: an anonymous deletion is our oldest open delete
             item_id = self.order.oldest_pending_delete()
@@ -562,6 +576,12 @@ class SessionAdapter:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("background chat context replay failed", exc_info=task.exception())
+
+
+def _is_probe_event(event: Mapping[str, Any]) -> bool:
+    item = event.get("item")
+    item_id = item.get("id") if isinstance(item, Mapping) else event.get("item_id")
+    return isinstance(item_id, str) and item_id.startswith(PROBE_ID_PREFIX)
 
 
 def _duration(frame: Any) -> float:
