@@ -121,3 +121,30 @@ async def test_recorded_answer_through_livekit(case: dict[str, Any], data: dict[
         finally:
             await session.aclose()
             await model.aclose()
+
+
+async def test_anchor_probe_never_reaches_the_agent_context() -> None:
+    # D5 in an AgentSession: livekit 1.8 adds server-initiated items appended after the
+    # agent's last item to the agent's context as placeholders; the check item anchored
+    # to that last item must reach neither it, nor the mirror, nor the server for good
+    from livekit.agents import Agent, AgentSession
+
+    history = [llm.ChatMessage(id=f"h{i}", role="user", content=[f"turn {i}"]) for i in range(3)]
+    async with RealtimeEmulator() as emu:
+        emu.faults.drop_acks = lambda item_id, ack: item_id == "h2"
+        kwargs = emu.azure_kwargs(api_version="2024-10-01-preview")
+        model = wrap_realtime_model(
+            lk_openai.realtime.RealtimeModel.with_azure(**kwargs, modalities=["text"]), options=OPTIONS
+        )
+        agent = Agent(instructions="You are the test agent.", chat_ctx=llm.ChatContext(list(history)))
+        async with AgentSession(llm=model) as agent_session:
+            await agent_session.start(agent)
+            conn = emu.last_session
+            await emu.wait_until(lambda: not any(i.startswith("lhp_probe_") for i in conn.item_ids), 5)
+            assert conn.item_ids == ["h0", "h1", "h2"]
+            probes = [e for e in conn.received_of("conversation.item.create") if e["item"]["id"].startswith("lhp_probe_")]
+            assert len(probes) == 1 and probes[0]["previous_item_id"] == "h2"
+            assert [i.id for i in agent.chat_ctx.items if i.id.startswith("lhp_probe_")] == []
+            rt = agent_session.current_agent.realtime_llm_session
+            assert [i.id for i in rt.chat_ctx.items] == ["h0", "h1", "h2"]
+        await model.aclose()
