@@ -10,6 +10,7 @@ quirk on (:mod:`livekit_history_plugin.testing._quirks`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ __all__ = [
     "UnsupportedRealtimeModel",
     "provider_of",
     "reviewed_subclass",
+    "same_item",
 ]
 
 
@@ -75,8 +77,10 @@ SERVER_REPLACES_ITEM_IDS = Quirk(
     seen_on="Step-Realtime (step-1o-audio), livekit-plugins-stepfun 1.8.1.post0",
     source="stepfun-ai/Step-Realtime-Console#13 (packet capture)",
     rule=(
-        "not supported: livekit-plugins-stepfun is a fork of livekit's client, refused "
-        "with UnsupportedRealtimeModel; the emulator can reproduce it"
+        "an ack for an id nobody sent is matched to the oldest unanswered create with the "
+        "same content; from then on the server's id is used in the mirror, in every later "
+        "plan and on the wire. (livekit-plugins-stepfun itself is a fork of livekit's "
+        "client and runs sanitizer-only.)"
     ),
 )
 
@@ -168,6 +172,23 @@ FORKS: dict[str, str] = {
     "livekit.plugins.aliyun": "livekit-plugins-aliyun",
     "livekit.plugins.volcengine": "livekit-plugins-volcengine",
 }
+
+
+def same_item(sent: Mapping[str, Any], echoed: Mapping[str, Any]) -> bool:
+    """Whether a server-echoed item is the one we sent, its id aside
+    (SERVER_REPLACES_ITEM_IDS): same type, role, texts, call and output."""
+    return _signature(sent) == _signature(echoed)
+
+
+def _signature(item: Mapping[str, Any]) -> tuple[Any, ...]:
+    parts = item.get("content")
+    texts = tuple(
+        p.get("text") or p.get("transcript")
+        for p in (parts if isinstance(parts, list) else ())
+        if isinstance(p, Mapping)
+    )
+    keys = ("type", "role", "call_id", "name", "arguments", "output")
+    return (*(item.get(k) for k in keys), texts)
 
 
 def provider_of(session: Any) -> Provider:

@@ -37,8 +37,10 @@ from ..providers import (
     AZURE_PREVIEW_NO_RETRIEVE,
     EMPTY_DELETED_ITEM_ID,
     NULL_PREVIOUS_ITEM_ID,
+    SERVER_REPLACES_ITEM_IDS,
     Provider,
     provider_of,
+    same_item,
 )
 from ..replay.driver import ReplayDriver
 from ..replay.engine import (
@@ -114,6 +116,9 @@ class SessionAdapter:
         self.dialect: Dialect = self.detect_dialect(session)
         self.provider: Provider = provider_of(session)
         self.order = self._new_order()
+        # our item id -> the id the server keeps it under (SERVER_REPLACES_ITEM_IDS)
+        self.server_ids: dict[str, str] = {}
+        self._client_ids: dict[str, str] = {}
         self.last_result: ReplayResult | None = None
         self.last_report: ReplayReport | None = None
         self.reports: collections.deque[ReplayReport] = collections.deque(maxlen=_REPORTS_KEPT)
@@ -234,7 +239,7 @@ class SessionAdapter:
         """
         async with self._lock:
             for _ in range(_MAX_REPLANS):
-                chat_ctx = self._keep_pending_input(chat_ctx)
+                chat_ctx = self._with_server_ids(self._keep_pending_input(chat_ctx))
                 plan = plan_update(chat_ctx, self.mirror.to_chat_ctx(), self.dialect)
                 if plan.empty:
                     break
@@ -250,6 +255,17 @@ class SessionAdapter:
             if self.last_result is not None and self.last_result.confirmed:
                 self._reassert_session()
         self._open_audio_gate("replayed")
+
+    def _with_server_ids(self, chat_ctx: llm.ChatContext) -> llm.ChatContext:
+        """The context under the ids the server gave our items, so the diff
+        against the mirror sees them as there (SERVER_REPLACES_ITEM_IDS)."""
+        if not self.server_ids or not any(i.id in self.server_ids for i in chat_ctx.items):
+            return chat_ctx
+        items = [
+            i.model_copy(update={"id": self.server_ids[i.id]}) if i.id in self.server_ids else i
+            for i in chat_ctx.items
+        ]
+        return llm.ChatContext(items)
 
     def _keep_pending_input(self, chat_ctx: llm.ChatContext) -> llm.ChatContext:
         """Keep a caller item whose transcript is still pending on the server.
@@ -326,6 +342,8 @@ class SessionAdapter:
         if _is_probe_event(event):
             self.session.send_event(event)  # the engine's check item: not the mirror's
             return
+        if self.server_ids:
+            event = self._to_server_ids(event)
         if event["type"] == "conversation.item.create":
             self.order.sent_create(str(event["item"]["id"]), event.get("previous_item_id"))
         elif event["type"] == "conversation.item.delete":
@@ -336,6 +354,36 @@ class SessionAdapter:
             self._listening_raw = True
             self.session.on("openai_server_event_received", self._on_raw_event)
         self.session.send_event(event)
+
+    def _to_server_ids(self, event: dict[str, Any]) -> dict[str, Any]:
+        """An anchor or a delete naming one of our items under our id, renamed to
+        the server's (the engine knows only ours)."""
+        out = dict(event)
+        for key in ("previous_item_id", "item_id"):
+            value = out.get(key)
+            if isinstance(value, str) and value in self.server_ids:
+                out[key] = self.server_ids[value]
+        return out
+
+    def _replaced_id(self, event: Any, item_id: str) -> str:
+        """Our id for an ack of an item the server renamed: the oldest unanswered
+        create with the same content. `item_id` itself when it is not that case."""
+        if not self.provider.has(SERVER_REPLACES_ITEM_IDS) or self.order.knows(item_id):
+            return item_id
+        if item_id in self._client_ids:
+            return self._client_ids[item_id]
+        raw = getattr(event, "item", None)
+        dump = getattr(raw, "model_dump", None)
+        echoed = dump() if callable(dump) else raw
+        sent = {op.item_id: op.item for op in self._plan.creates} if self._plan else {}
+        if not isinstance(echoed, Mapping):
+            return item_id
+        for ours in self.order.pending_creates():
+            if ours in sent and same_item(sent[ours], echoed):
+                self.server_ids[ours] = item_id
+                self._client_ids[item_id] = ours
+                return ours
+        return item_id
 
     def _on_output(self, out: Output) -> None:
         self._timings.settled(out)
@@ -468,12 +516,16 @@ class SessionAdapter:
             probe_ack = {"type": "conversation.item.added", "item": {"id": item_id}}
             self._feed({**probe_ack, "previous_item_id": prev}, item_id)
             return
+        ours = self._replaced_id(event, item_id)
+        prev = getattr(event, "previous_item_id", None)
         raw: dict[str, Any] = {
             "type": "conversation.item.added",
-            "item": {"id": item_id},
-            "previous_item_id": getattr(event, "previous_item_id", None),
+            "item": {"id": ours},
+            "previous_item_id": self._client_ids.get(prev, prev) if isinstance(prev, str) else prev,
         }
-        claimed = self._feed(raw, item_id)
+        claimed = self._feed(raw, ours)
+        if ours != item_id:
+            self.order.rename(ours, item_id)
         server_prev = self._server_prev(event)
         mirror = self.mirror
         if mirror.get(item_id) is not None:

@@ -158,6 +158,23 @@ class MirrorOrder:
     def knows(self, item_id: str) -> bool:
         return item_id in self._sent
 
+    def pending_creates(self) -> list[str]:
+        """Creates not answered yet, oldest first."""
+        pending = [s for s in self._sent.values() if s.state == "pending"]
+        return [s.item_id for s in sorted(pending, key=lambda s: s.seq)]
+
+    def rename(self, item_id: str, server_id: str) -> None:
+        """The server keeps `item_id` under an id of its own (SERVER_REPLACES_ITEM_IDS)."""
+        entry = self._sent.pop(item_id, None)
+        if entry is not None:
+            entry.item_id = server_id
+            self._sent[server_id] = entry
+        for s in self._sent.values():
+            if s.anchor == item_id:
+                s.anchor = server_id
+            if s.base == item_id:
+                s.base = server_id
+
     # -- placing ----------------------------------------------------------------
 
     def place(self, placement: Placement) -> None:

@@ -14,7 +14,13 @@ from pydantic import BaseModel, ConfigDict
 
 from .validate import CLIENT_EVENT_TYPES, Dialect, ProviderError, invalid_enum
 
-__all__ = ["ProviderQuirks", "ack_previous", "deleted_item_id", "retrieve_refusal"]
+__all__ = [
+    "ProviderQuirks",
+    "ack_previous",
+    "deleted_item_id",
+    "retrieve_refusal",
+    "server_item_id",
+]
 
 
 class ProviderQuirks(BaseModel):
@@ -30,6 +36,10 @@ class ProviderQuirks(BaseModel):
     """``conversation.item.deleted`` carries ``item_id: ""`` (xAI; livekit/agents
     issue #6391 / PR #6392, issue #7073)."""
 
+    replace_item_ids: bool = False
+    """The server gives every created item an id of its own, whatever the client sent
+    (StepFun; stepfun-ai/Step-Realtime-Console#13)."""
+
     no_retrieve: bool = False
     """``conversation.item.retrieve`` is not a known client event: answered with the
     unknown-type error (Azure api-version 2024-10-01-preview, whose reference lists
@@ -37,8 +47,8 @@ class ProviderQuirks(BaseModel):
 
     @classmethod
     def of(cls, provider: str) -> ProviderQuirks:
-        """The quirks of a provider: ``"openai"``, ``"azure"``, ``"azure-2024-10"``
-        or ``"xai"``."""
+        """The quirks of a provider: ``"openai"``, ``"azure"``, ``"azure-2024-10"``,
+        ``"xai"`` or ``"stepfun"``."""
         try:
             return cls(**_BY_PROVIDER[provider])
         except KeyError:
@@ -52,12 +62,20 @@ _BY_PROVIDER: dict[str, dict[str, bool]] = {
     "azure": {},
     "azure-2024-10": {"no_retrieve": True},
     "xai": {"null_previous_item_id": True, "empty_deleted_item_id": True},
+    "stepfun": {"replace_item_ids": True},
 }
 
 
 def ack_previous(quirks: ProviderQuirks, previous_item_id: str | None) -> str | None:
     """The ``previous_item_id`` an item ack carries."""
     return None if quirks.null_previous_item_id else previous_item_id
+
+
+def server_item_id(quirks: ProviderQuirks, client_id: Any) -> str | None:
+    """The id the server keeps a created item under (None: it makes one up)."""
+    if quirks.replace_item_ids or not isinstance(client_id, str) or not client_id:
+        return None
+    return client_id
 
 
 def deleted_item_id(quirks: ProviderQuirks, item_id: str) -> str:

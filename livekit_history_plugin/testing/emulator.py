@@ -43,7 +43,13 @@ from aiohttp import WSMsgType, web
 from ..dialects import supports_retrieve
 from ..log import logger
 from ._faults import DuplicateIds, FaultConfig, RejectRule, ScriptedAnswer
-from ._quirks import ProviderQuirks, ack_previous, deleted_item_id, retrieve_refusal
+from ._quirks import (
+    ProviderQuirks,
+    ack_previous,
+    deleted_item_id,
+    retrieve_refusal,
+    server_item_id,
+)
 from .validate import (
     AZURE_2024_10_EVENTS,
     AZURE_GA_EVENTS,
@@ -831,7 +837,7 @@ class EmulatorSession:
             self._error(err, event)
             return
         assert isinstance(item, dict)
-        item_id = item.get("id") or _new_id("item_")
+        item_id = server_item_id(self.emulator.quirks, item.get("id")) or _new_id("item_")
         if item_id in self._items:
             self._duplicate_create({**item, "id": item_id}, event)
             return

@@ -26,6 +26,7 @@ from livekit_history_plugin.providers import (
     AZURE_PREVIEW_2024_10,
     EMPTY_DELETED_ITEM_ID,
     NULL_PREVIOUS_ITEM_ID,
+    SERVER_REPLACES_ITEM_IDS,
     XAI,
     Provider,
 )
@@ -44,8 +45,17 @@ RELEASE = tuple(int(p) for p in LIVEKIT_VERSION.split(".")[:2])
 # livekit-plugins-xai exists from 1.3.7 on, one release per livekit release
 XAI_RELEASED = RELEASE >= (1, 3)
 HAS_XAI = importlib.util.find_spec("livekit.plugins.xai") is not None
+
+
+def _has_inference_realtime() -> bool:
+    try:
+        return importlib.util.find_spec("livekit.agents.inference.realtime") is not None
+    except ModuleNotFoundError:  # no livekit.agents.inference at all (livekit < 1.2)
+        return False
+
+
 # LiveKit Inference speaks the OpenAI protocol through livekit's own session from 1.8
-HAS_INFERENCE_REALTIME = importlib.util.find_spec("livekit.agents.inference.realtime") is not None
+HAS_INFERENCE_REALTIME = _has_inference_realtime()
 
 
 def messages(ids: list[str]) -> list[llm.ChatMessage]:
@@ -264,4 +274,48 @@ async def test_livekit_inference_xai_model(caplog: pytest.LogCaptureFixture) -> 
         await asyncio.sleep(0)
     assert got["adapter"].provider.name == "LiveKit Inference (xAI)"
     assert_clean(got, [VALID])
+    assert unexpected_logs(caplog) == []
+
+
+async def test_server_replaces_item_ids(
+    path: Any, emulator: RealtimeEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server keeps every item under an id of its own and echoes no event_id
+    (StepFun): each ack is matched to our create by content and order, the
+    mirror holds the server's ids in the server's order, and the next update
+    neither deletes nor re-creates what is there."""
+    emulator.quirks = ProviderQuirks.of("stepfun")
+    emulator.faults.error_event_ids = False
+    # an item error names the item's field, so an error without event_id is still ours
+    emulator.faults.reject.append(RejectRule.item_id(REJECTED, param="item.content"))
+    session = wrap_realtime_model(path.build(emulator), options=FAST).session()
+    await emulator.wait_for_session()
+    try:
+        adapter = adapter_of(session)
+        assert adapter is not None
+        # a provider with this quirk has no session class of its own in livekit
+        quirks = adapter.provider.quirks | {SERVER_REPLACES_ITEM_IDS}
+        adapter.use_provider(Provider("StepFun", "-", quirks))
+        await session.update_chat_ctx(llm.ChatContext(messages(IDS[:20])))
+        first = (mirror_ids(session), list(emulator.last_session.item_ids), adapter.last_result)
+        sent_before = len(emulator.last_session.received)
+        await session.update_chat_ctx(llm.ChatContext(messages(IDS[:24])))
+        second = (mirror_ids(session), list(emulator.last_session.item_ids), adapter.last_result)
+        later = emulator.last_session.received[sent_before:]
+        texts = [text for _role, text in emulator.last_session.texts()]
+    finally:
+        await session.aclose()
+    want = [i for i in IDS[:24] if i != REJECTED]
+    mirror, server, result = first
+    assert mirror == server and len(server) == 20 - 1 and not set(server) & set(IDS)
+    assert result.confirmed == [i for i in IDS[:20] if i != REJECTED]
+    assert [r.item_id for r in result.rejected] == [REJECTED]
+    mirror, server, result = second
+    assert mirror == server and texts == [f"text of {i}" for i in want]
+    # the second update created the 4 new items only (and tried the rejected one
+    # again); anchors to items of the same burst are resent once their server id is known
+    creates = {r.event["item"]["id"] for r in later if r.type == "conversation.item.create"}
+    # (where retrieve is missing, the engine checks an anonymous error with a probe item)
+    assert {i for i in creates if not i.startswith("lhp_probe")} == {*IDS[20:24], REJECTED}
+    assert not [r for r in later if r.type == "conversation.item.delete"]
     assert unexpected_logs(caplog) == []
