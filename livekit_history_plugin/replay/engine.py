@@ -215,6 +215,7 @@ class _Delete:
     event_id: str = ""
     deadline: float = 0.0
     done: bool = False
+    attempts: int = 0
 
 
 @dataclass(frozen=True)
@@ -514,7 +515,8 @@ class ReplayEngine:
             self._cleanup_deadline.pop(req.item_id, None)
             return Reaction(claimed=claimed)
         if req.kind == "delete":
-            return Reaction(tuple(self._delete_error(req.item_id, code, message)), claimed)
+            retryable = err.get("type") in _RETRYABLE_TYPES or code in _RETRYABLE_CODES
+            return Reaction(tuple(self._delete_error(req.item_id, code, message, retryable, now)), claimed)
         c = self._creates[req.item_id]
         if req.kind in ("retrieve", "probe"):
             return Reaction(tuple(self._verify_error(c, req.kind, code, message, now)), claimed)
@@ -649,8 +651,15 @@ class ReplayEngine:
             out.append(self._send_create(c, anchor, now))
         return out
 
-    def _delete_error(self, item_id: str, code: str, message: str) -> list[Output]:
-        self._deletes[item_id].done = True
+    def _delete_error(
+        self, item_id: str, code: str, message: str, retryable: bool, now: float
+    ) -> list[Output]:
+        d = self._deletes[item_id]
+        if retryable and d.attempts < self._max_attempts:
+            # a delete can be repeated safely: a second one of a gone item answers
+            # item_delete_invalid_item_id, which counts as deleted
+            return [self._send_delete(d, now)]
+        d.done = True
         if code == DELETE_UNKNOWN:
             self.result.deleted.append(item_id)
             return [ItemDeleted(item_id, "absent")]
@@ -757,6 +766,7 @@ class ReplayEngine:
         return SendEvent({"type": "conversation.item.delete", "event_id": eid, "item_id": probe_id})
 
     def _send_delete(self, d: _Delete, now: float) -> SendEvent:
+        d.attempts += 1
         eid = self._new_event_id("delete")
         d.event_id, d.deadline = eid, now + self._ack_timeout
         self._track(eid, _Request("delete", d.item_id))

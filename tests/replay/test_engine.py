@@ -542,3 +542,20 @@ def test_rate_limit_error_type_is_verified_then_retried() -> None:
     run(engine, server)
     assert server.items == ["m0", "m1", "m2"]
     assert engine.result.ok and engine.result.resends == 1
+
+
+def test_server_error_on_a_delete_sends_it_again() -> None:
+    failures = {"r1": 1}
+
+    class Flaky(RealServer):
+        def handle(self, ev: dict[str, Any]) -> list[dict[str, Any]]:
+            if ev["type"] == "conversation.item.delete" and failures.get(ev["item_id"], 0) > 0:
+                failures[ev["item_id"]] -= 1
+                return [server_error()]
+            return super().handle(ev)
+
+    server = Flaky(items=["r0", "r1"])
+    engine = ReplayEngine([], [DeleteOp("r1")], remote_order=["r0", "r1"])
+    run(engine, server)
+    assert server.items == ["r0"]
+    assert engine.result.deleted == ["r1"] and engine.result.ok
