@@ -20,6 +20,7 @@ from ._faults import (
     ScriptedAnswer,
     item_text,
 )
+from ._quirks import ProviderQuirks
 from .emulator import (
     ConversationView,
     EmulatorSession,
@@ -54,6 +55,7 @@ __all__ = [
     "FunctionCallReply",
     "ItemMatch",
     "ProviderError",
+    "ProviderQuirks",
     "RealtimeEmulator",
     "ReceivedEvent",
     "RejectRule",
