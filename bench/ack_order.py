@@ -25,8 +25,7 @@ from livekit.agents import llm
 from livekit.plugins import openai as lk_openai
 
 from livekit_history_plugin import wrap_realtime_model
-from livekit_history_plugin.testing import FaultConfig, RealtimeEmulator
-from livekit_history_plugin.testing._quirks import ProviderQuirks
+from livekit_history_plugin.testing import FaultConfig, ProviderQuirks, RealtimeEmulator
 
 RELEASE = tuple(int(p) for p in livekit_version.split(".")[:2])
 

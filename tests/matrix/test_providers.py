@@ -30,8 +30,7 @@ from livekit_history_plugin.providers import (
     XAI,
     Provider,
 )
-from livekit_history_plugin.testing import RealtimeEmulator, RejectRule
-from livekit_history_plugin.testing._quirks import ProviderQuirks
+from livekit_history_plugin.testing import ProviderQuirks, RealtimeEmulator, RejectRule
 
 pytestmark = pytest.mark.matrix
 
