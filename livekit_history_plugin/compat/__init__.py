@@ -83,7 +83,7 @@ def dispatch_session(session: Any, versions: dict[str, str] | None = None) -> Di
         # a provider's subclass (xAI, LiveKit Inference) whose overrides were read
         found = Dispatch(found.route.adapter, "", found.route)
     fork = fork_package(session)
-    if found.adapter is None and fork is not None:
+    if found.adapter is None and found.route is None and fork is not None:
         found = Dispatch(
             None,
             f"{fork} is a fork of livekit's OpenAI realtime client, not a subclass (its "
