@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import heapq
+import inspect
 import json
 import random
 import socket
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
 
+import aiohttp
 from aiohttp import WSMsgType, web
 
 from ..dialects import supports_retrieve
@@ -429,6 +431,7 @@ class EmulatorSession:
         self._wake = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self._close_requested = False
+        self._graceful_close = False
         self._base = self.connected_at
         self._held_acks: list[list[dict[str, Any]]] = []
         self._reorder_timer: asyncio.TimerHandle | None = None
@@ -719,8 +722,9 @@ class EmulatorSession:
         return bool(voice != self._voice_of(self.session_config))
 
     def _on_session_close(self, event: dict[str, Any], sdk_error: ProviderError | None) -> None:
-        # listed by OpenAI GA and Azure GA; the server ends the session
+        # listed by OpenAI GA and Azure GA; the server ends the session normally
         self._close_requested = True
+        self._graceful_close = True
 
     def _on_session_input_audio_buffer_append(
         self, event: dict[str, Any], sdk_error: ProviderError | None
@@ -1654,6 +1658,7 @@ class RealtimeEmulator:
         """``(close code, error code, path)`` of connections upgraded, then refused."""
         self._port = port
         self._runner: web.AppRunner | None = None
+        self._http: aiohttp.ClientSession | None = None
         self._changed: asyncio.Event | None = None
 
     # -- lifecycle -------------------------------------------------------------
@@ -1684,6 +1689,9 @@ class RealtimeEmulator:
             return
         await self.close_all(code=1001)
         await runner.cleanup()
+        http, self._http = self._http, None
+        if http is not None:
+            await http.close()
 
     async def __aenter__(self) -> RealtimeEmulator:
         return await self.start()
@@ -1744,12 +1752,18 @@ class RealtimeEmulator:
         (``with_azure`` without api_version: livekit >= 1.5), ``"openai"`` (GA) or
         ``"openai-beta"`` (``RealtimeModelBeta``: livekit <= 1.4). Extra keyword arguments
         go to the model (e.g. ``modalities=["text"]``).
+
+        livekit 1.0 - 1.1 have no ``modalities`` option (they always ask for text and
+        audio: it is left out) and, outside a job process, no aiohttp session of their
+        own (one owned by the emulator is lent). Their ``"openai"`` model speaks beta.
         """
         from livekit.plugins.openai import realtime
 
         beta_cls = getattr(realtime, "RealtimeModelBeta", None)
         if kind == "azure":
-            return realtime.RealtimeModel.with_azure(**self.azure_kwargs(), **kwargs)
+            return realtime.RealtimeModel.with_azure(
+                **self.azure_kwargs(), **self._release_kwargs(realtime.RealtimeModel, kwargs)
+            )
         if kind == "azure-ga":
             if beta_cls is not None:
                 raise NotImplementedError("Azure GA needs livekit-plugins-openai >= 1.5")
@@ -1763,7 +1777,24 @@ class RealtimeEmulator:
                 )
             # OpenAI refuses it since 2026-05-12 unless this emulator serves it (openai_beta)
             return beta_cls(**self.openai_kwargs(), **kwargs)
-        return realtime.RealtimeModel(**self.openai_kwargs(), **kwargs)
+        return realtime.RealtimeModel(
+            **self.openai_kwargs(), **self._release_kwargs(realtime.RealtimeModel, kwargs)
+        )
+
+    def _release_kwargs(self, model_cls: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        params = inspect.signature(model_cls).parameters
+        if "modalities" in params:
+            return kwargs
+        # livekit 1.0 - 1.1 (both options arrived in 1.2)
+        out = {k: v for k, v in kwargs.items() if k != "modalities"}
+        from livekit.agents.utils import http_context
+
+        if "http_session" not in out and http_context._ContextVar.get(None) is None:
+            asyncio.get_running_loop()  # (RuntimeError outside a loop, as livekit would)
+            if self._http is None or self._http.closed:
+                self._http = aiohttp.ClientSession()
+            out["http_session"] = self._http
+        return out
 
     # -- observation -------------------------------------------------------------
 
@@ -1991,7 +2022,8 @@ class RealtimeEmulator:
         finally:
             await session._shutdown()
             if not ws.closed:
-                await ws.close(code=1011 if session._close_requested else 1000)
+                abnormal = session._close_requested and not session._graceful_close
+                await ws.close(code=1011 if abnormal else 1000)
             self._notify()
         return ws
 

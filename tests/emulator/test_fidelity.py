@@ -113,3 +113,13 @@ async def test_azure_2024_preview_has_no_retrieve(emulator: RealtimeEmulator, co
     err = await c.error_for({"type": "conversation.item.retrieve", "item_id": "x"})
     assert (err["code"], err["param"]) == ("invalid_value", "type")
     assert "'conversation.item.retrieve'. Supported values are:" in err["message"]
+
+
+async def test_session_close_ends_the_session(emulator: RealtimeEmulator, connect: Connect) -> None:
+    # OpenAI GA and Azure GA list session.close (2026-09-18 capture; SonicAIDriveThru)
+    c = await connect("ga")
+    await c.send({"type": "session.close"})
+    msg = await c.ws.receive()
+    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    assert c.ws.close_code == 1000
+    await emulator.wait_until(lambda: emulator.last_session.closed)
