@@ -16,6 +16,14 @@ and no round trip. Items that go between existing ones must be anchored with
 predecessor, and when the server says an anchor does not exist the item is sent
 again anchored to the nearest earlier item certain to be there — again, a
 rejection costs exactly that item.
+
+Real servers do not echo `event_id` on every error (`server_error` and
+`invalid_tool_call_id` carry none) and some lack `conversation.item.retrieve`
+(Azure 2024-10-01-preview). An answer whose meaning depends on whether an item
+landed (an order-only match, a transient error, a lost ack) is verified before
+anything is resent: by retrieve, or by a throwaway item anchored to it where
+retrieve is missing. So a resend never adds a second copy, which some models
+append for a repeated id (README "Real-server fidelity").
 """
 
 from __future__ import annotations
@@ -46,7 +54,6 @@ RETRIEVE_UNKNOWN = "item_retrieve_invalid_item_id"
 INVALID_TOOL_CALL = "invalid_tool_call_id"
 ACK_TIMEOUT = "ack_timeout"
 TOO_MANY_ATTEMPTS = "too_many_attempts"
-SERVER_ERROR = "server_error"
 # answers that say "not now" rather than "not this item": tried again later, once
 # the server said the item is absent
 _RETRYABLE_TYPES = frozenset({"server_error", "rate_limit_error"})
@@ -106,8 +113,9 @@ class ItemConfirmed:
 
     `how`: "ack" (its own acknowledgement), "inferred" (an item chained behind it
     was acknowledged, so it exists though its own ack was lost or is late),
-    "duplicate" (the server said the id already exists), "retrieved" (found by
-    `conversation.item.retrieve` after its ack timed out). For every `how` but
+    "duplicate" (the server said the id already exists, or acked it naming itself
+    as its predecessor), "retrieved" (found by `conversation.item.retrieve`, or by
+    an anchor probe, after its ack timed out or an unclear error). For every `how` but
     "ack" the driver must put the item into its mirror itself.
     """
 
