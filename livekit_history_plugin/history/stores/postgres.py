@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
@@ -144,6 +145,7 @@ class PostgresStore(HistoryStore):
                     timeout=self._connect_timeout,
                     statement_cache_size=self._statement_cache_size,
                     server_settings={"application_name": "livekit-history-plugin"},
+                    **_cheap_reset(self._asyncpg.create_pool),
                 )
             except BaseException as e:
                 err = self._error("open", e)
@@ -531,17 +533,20 @@ class PostgresStore(HistoryStore):
             ]
 
         async def fn(conn: asyncpg.Connection) -> list[tuple[Any, float]]:
-            counts = list(
-                await conn.fetchval(self._sql.search_counts, user_id, SEARCH_WINDOW, terms)
-            )
             phases = [await phase(conn, everything, "&&", SEARCH_WINDOW)]
             found = len(phases[0])
-            rare = tuple(i for i, c in enumerate(counts) if c < SEARCH_WINDOW)
-            if found < limit and n > 1 and rare:
-                phases.append(await phase(conn, rare, "||", SEARCH_WINDOW * len(rare)))
-                found += len(phases[-1])
-            if found < limit and n > len(rare):
-                phases.append(await phase(conn, everything, "recent", SEARCH_WINDOW))
+            # every candidate of the first phase holds every word: idf is even there
+            counts = [1] * n
+            if found < limit and n > 1:
+                counts = list(
+                    await conn.fetchval(self._sql.search_counts, user_id, SEARCH_WINDOW, terms)
+                )
+                rare = tuple(i for i, c in enumerate(counts) if c < SEARCH_WINDOW)
+                if rare:
+                    phases.append(await phase(conn, rare, "||", SEARCH_WINDOW * len(rare)))
+                    found += len(phases[-1])
+                if found < limit and n > len(rare):
+                    phases.append(await phase(conn, everything, "recent", SEARCH_WINDOW))
             return rank_phases(phases, counts, limit)
 
         hits: list[RecallHit] = []
@@ -649,6 +654,23 @@ class _Statements:
             )
         self._search[key] = sql
         return sql
+
+
+async def _keep_session(conn: Any) -> None:
+    """Returning a connection to the pool runs no reset query.
+
+    asyncpg's default reset (``SELECT pg_advisory_unlock_all(); CLOSE ALL;
+    UNLISTEN *; RESET ALL``) is one more round trip inside every operation,
+    paid by each read of a call's start. This store leaves no session state to
+    reset: its advisory lock is transaction-scoped, it never LISTENs, declares
+    cursors or SETs outside a transaction; an open transaction is still rolled
+    back by asyncpg (``Connection._reset``) before this runs.
+    """
+
+
+def _cheap_reset(create_pool: Callable[..., Any]) -> dict[str, Any]:
+    # `reset=` exists from asyncpg 0.30; older releases keep their reset query
+    return {"reset": _keep_session} if "reset" in inspect.signature(create_pool).parameters else {}
 
 
 def _lock_key(schema: str) -> int:

@@ -158,6 +158,11 @@ class _Connection:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
 
+def _rowids(db: sqlite3.Connection, match: str) -> list[int]:
+    """The newest SEARCH_WINDOW index rows matching `match`."""
+    return [r[0] for r in db.execute(SEARCH_TERM_SQL, (match, SEARCH_WINDOW))]
+
+
 def _json_list(raw: Any) -> Any:
     """A stored JSON array back as a list; anything else as is (the model rejects it)."""
     try:
@@ -608,12 +613,7 @@ class SqliteStore(HistoryStore):
         )
 
         def fn(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
-            # which turns hold each word: exact for a rare word (< window), and for
-            # any turn among the newest `window` matches of a query that holds it
-            holders = [
-                {r[0] for r in db.execute(SEARCH_TERM_SQL, (fts5_match(owner, [t]), SEARCH_WINDOW))}
-                for t in terms
-            ]
+            holders: list[set[int]] = []
 
             def phase(match: str, window: int, every: bool) -> list[Candidate[int]]:
                 out = []
@@ -628,15 +628,20 @@ class SqliteStore(HistoryStore):
 
             phases = [phase(fts5_match(owner, terms, "AND"), SEARCH_WINDOW, True)]
             found = len(phases[0])
-            rare = [t for t, h in zip(terms, holders, strict=True) if len(h) < SEARCH_WINDOW]
-            if found < limit and len(terms) > 1 and rare:
-                window = SEARCH_WINDOW * len(rare)
-                phases.append(phase(fts5_match(owner, rare, "OR"), window, False))
-                found += len(phases[-1])
-            if found < limit and len(terms) > len(rare):
-                window = min(SEARCH_WINDOW, max(64, 8 * limit))
-                phases.append(phase(fts5_match(owner, terms, "OR"), window, False))
-            best = rank_phases(phases, [len(h) for h in holders], limit)
+            if found < limit and len(terms) > 1:
+                # which turns hold each word: exact for a rare word (< window), and
+                # for any turn among the newest `window` matches of a query holding it
+                holders = [set(_rowids(db, fts5_match(owner, [t]))) for t in terms]
+                rare = [t for t, h in zip(terms, holders, strict=True) if len(h) < SEARCH_WINDOW]
+                if rare:
+                    window = SEARCH_WINDOW * len(rare)
+                    phases.append(phase(fts5_match(owner, rare, "OR"), window, False))
+                    found += len(phases[-1])
+                if found < limit and len(terms) > len(rare):
+                    window = min(SEARCH_WINDOW, max(64, 8 * limit))
+                    phases.append(phase(fts5_match(owner, terms, "OR"), window, False))
+            # no counts needed when the first phase sufficed: all its turns hold every word
+            best = rank_phases(phases, [len(h) for h in holders] or [1] * len(terms), limit)
             if not best:
                 return []
             marks = ", ".join("?" * len(best))
