@@ -29,6 +29,12 @@ then ZADD); a batch touching several users runs all its scripts in one
 MULTI/EXEC, so the whole batch is atomic. With `?ttl=30d` every key of a user
 expires 30 days after the user's last write (append, summary, fact).
 
+Recall (`search_turns`) has no text index here: it is the bounded fallback of
+`HistoryStore.search_turns`, the user's latest `SCAN_FALLBACK_TURNS` (2,000)
+turns matched word by word in Python, so older turns are not found (the SQL
+stores search every turn). A RediSearch index would lift the bound but is a
+module, not core Redis.
+
 Durability is the server's: run Redis with `appendonly yes` (and
 `appendfsync always` if a reported write must survive a server crash, not just
 a client crash). Not for Redis Cluster (a batch spans users' keys).
