@@ -533,17 +533,20 @@ class PostgresStore(HistoryStore):
             ]
 
         async def fn(conn: asyncpg.Connection) -> list[tuple[Any, float]]:
-            counts = list(
-                await conn.fetchval(self._sql.search_counts, user_id, SEARCH_WINDOW, terms)
-            )
             phases = [await phase(conn, everything, "&&", SEARCH_WINDOW)]
             found = len(phases[0])
-            rare = tuple(i for i, c in enumerate(counts) if c < SEARCH_WINDOW)
-            if found < limit and n > 1 and rare:
-                phases.append(await phase(conn, rare, "||", SEARCH_WINDOW * len(rare)))
-                found += len(phases[-1])
-            if found < limit and n > len(rare):
-                phases.append(await phase(conn, everything, "recent", SEARCH_WINDOW))
+            # every candidate of the first phase holds every word: idf is even there
+            counts = [1] * n
+            if found < limit and n > 1:
+                counts = list(
+                    await conn.fetchval(self._sql.search_counts, user_id, SEARCH_WINDOW, terms)
+                )
+                rare = tuple(i for i, c in enumerate(counts) if c < SEARCH_WINDOW)
+                if rare:
+                    phases.append(await phase(conn, rare, "||", SEARCH_WINDOW * len(rare)))
+                    found += len(phases[-1])
+                if found < limit and n > len(rare):
+                    phases.append(await phase(conn, everything, "recent", SEARCH_WINDOW))
             return rank_phases(phases, counts, limit)
 
         hits: list[RecallHit] = []
