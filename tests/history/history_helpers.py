@@ -21,8 +21,11 @@ from livekit_history_plugin.testing import EmulatorSession, RealtimeEmulator
 
 RELEASE = tuple(int(p) for p in LIVEKIT_VERSION.split(".")[:2])
 HAS_HANDOFF_ITEM = RELEASE >= (1, 5)  # conversation_item_added carries AgentHandoff items
-# emulator.realtime_model kinds every release has: Azure legacy (beta dialect), OpenAI GA
-PATHS = ["azure", "openai"]
+# emulator.realtime_model kinds every release has: Azure legacy (beta dialect), OpenAI GA.
+# livekit 1.0 - 1.1 reach OpenAI only with the beta shape OpenAI retired on 2026-05-12:
+# Azure is their one live path
+PATHS = ["azure", "openai"] if RELEASE >= (1, 2) else ["azure"]
+DEFAULT_KIND = PATHS[-1]
 AGENT_INSTRUCTIONS = "You are Maya, the voice assistant of a dental practice."
 SAMPLE_RATE = 24_000
 FRAME_MS = 20
@@ -56,8 +59,14 @@ class Call:
     replies: list[str] = field(default_factory=list)
 
     async def say(self, text: str) -> str:
-        result: Any = await asyncio.wait_for(self.session.run(user_input=text), 20)
         reply = ""
+        if not hasattr(self.session, "run"):  # livekit 1.0 - 1.1: no testing API
+            handle = await asyncio.wait_for(self.session.generate_reply(user_input=text), 20)
+            message = handle.chat_message
+            reply = (message.text_content or "") if message is not None else ""
+            self.replies.append(reply)
+            return reply
+        result: Any = await asyncio.wait_for(self.session.run(user_input=text), 20)
         for ev in result.events:
             item = getattr(ev, "item", None)
             if item is not None and getattr(item, "role", None) == "assistant":
@@ -76,7 +85,7 @@ async def start_call(
     plugin: HistoryPlugin,
     user_id: str,
     *,
-    kind: str = "openai",
+    kind: str = DEFAULT_KIND,
     conversation_id: str | None = None,
     agent_id: str | None = None,
 ) -> Call:
@@ -96,7 +105,7 @@ async def run_call(
     user_id: str,
     inputs: Sequence[str],
     *,
-    kind: str = "openai",
+    kind: str = DEFAULT_KIND,
 ) -> Call:
     call = await start_call(emu, plugin, user_id, kind=kind)
     for text in inputs:
