@@ -261,15 +261,18 @@ async def serve_emulator(latency: float) -> None:
 
 
 HEADER = (
-    "| variant | store | stored turns | p50 ms | p95 ms | p50 - livekit ms | p50 / livekit "
-    "| cpu ms p50 | 1st call ms | replayed turns | stale / pending |\n"
-    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    "| variant | store | stored turns | p50 ms | p95 ms | p50 - livekit ms | paired - livekit ms "
+    "| p50 / livekit | cpu ms p50 | 1st call ms | replayed turns | stale / pending |\n"
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 )
 
 
-def _line(s: Setup, base: float) -> str:
+def _line(s: Setup, livekit: Setup) -> str:
     results = s.results
     times = [r.ms for r in results]
+    base = _pct([r.ms for r in livekit.results], 50)
+    # each call minus livekit's call of the same round: a slow minute hits both
+    paired = [r.ms - b.ms for r, b in zip(results, livekit.results, strict=True)]
     p50, p95 = _pct(times, 50), _pct(times, 95)
     stale = sum(r.stale for r in results)
     pending = sum(r.pending for r in results)
@@ -280,6 +283,7 @@ def _line(s: Setup, base: float) -> str:
         f"{p50:.1f}",
         f"{p95:.1f}",
         f"{p50 - base:+.1f}",
+        f"{_pct(paired, 50):+.1f}",
         f"{p50 / base:.2f}",
         f"{_pct([r.cpu_ms for r in results], 50):.1f}",
         f"{times[0]:.0f}",
@@ -335,12 +339,12 @@ async def run(args: argparse.Namespace) -> None:
         for s in setups:
             await tear_down(s)
         print(HEADER)
-        base = _pct([r.ms for r in setups[0].results], 50)
         for s in setups:
-            print(_line(s, base))
+            print(_line(s, setups[0]))
     print(
         "\nRows take turns: round i runs call i of every row (a busy moment of the machine "
-        "hits all rows).\n1st: the row's first call (store connection, caches cold).\n"
+        "hits all rows).\npaired: median over rounds of (this row's call - livekit's call "
+        "of the same round).\n1st: the row's first call (store connection, caches cold).\n"
         "LLM summary rows: each timed call starts right after an untimed call of the same "
         "caller,\n  whose summary job is waiting on the slow LLM.\n"
         "cpu: this process's CPU time over the call's span, all threads (the emulator runs "
