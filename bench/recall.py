@@ -18,7 +18,10 @@ Queries for the heavy caller, three kinds: a code the caller said once
 ("order R482913"), two mid-frequency words, and a question of common words
 ("what was my order number"). The baseline is the scan a store without a text
 index has to do: every one of the caller's 10,000 turns loaded and matched in
-Python (`HistoryStore.search_turns`'s bounded fallback, unbounded here).
+Python (`HistoryStore.search_turns`'s bounded fallback, unbounded here), timed
+on a tenth of the queries. "as good as a full scan": the best hit holds as many
+of the query's words as the best of all 10,000 turns does (the bounded phases
+lose nothing there).
 """
 
 from __future__ import annotations
@@ -33,11 +36,10 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from livekit_history_plugin.history.search import query_terms, scan_search  # noqa: E402
+from livekit_history_plugin.history.search import query_terms, scan_search, text_words  # noqa: E402
 from livekit_history_plugin.history.stores import HistoryStore, open_store  # noqa: E402
 from livekit_history_plugin.history.stores.base import to_micros  # noqa: E402
 
@@ -217,24 +219,30 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(len(xs) * p))] if xs else float("nan")
 
 
-async def timed_search(store: HistoryStore, qs: list[str], k: int) -> tuple[list[float], int]:
-    out, found = [], 0
+async def timed_search(
+    store: HistoryStore, qs: list[str], k: int
+) -> tuple[list[float], list[set[str]]]:
+    """Latencies, and the words of each query's best hit."""
+    out, best = [], []
     for q in qs:
         t = time.perf_counter()
         hits = await store.search_turns(HEAVY_USER, q, k)
         out.append(time.perf_counter() - t)
-        found += bool(hits)
-    return out, found
+        best.append(text_words(hits[0].turn.text) if hits else set())
+    return out, best
 
 
-async def timed_scan(store: HistoryStore, qs: list[str], k: int) -> list[float]:
-    out = []
+async def timed_scan(store: HistoryStore, qs: list[str], k: int) -> tuple[list[float], list[int]]:
+    """Latencies of the no-index scan, and the most query words any turn holds."""
+    out, most = [], []
     for q in qs:
         t = time.perf_counter()
         turns = await store.load_latest(HEAVY_USER, HEAVY_TURNS)
         scan_search(turns, query_terms(q), k, exclude_conversation_id=None)
         out.append(time.perf_counter() - t)
-    return out
+        terms = set(query_terms(q))
+        most.append(max(len(terms & text_words(t.text)) for t in turns))
+    return out, most
 
 
 async def measure(name: str, url: str, rows: int, n: int, k: int) -> list[list[str]]:
@@ -245,15 +253,21 @@ async def measure(name: str, url: str, rows: int, n: int, k: int) -> list[list[s
         for qs in queries(rows, 20).values():  # warm up caches and prepared statements
             await timed_search(store, qs, k)
         for kind, qs in queries(rows, n).items():
-            lat, found = await timed_search(store, qs, k)
-            scan = await timed_scan(store, qs[: max(5, n // 10)], k)
+            lat, best = await timed_search(store, qs, k)
+            few = max(5, n // 10)
+            scan, most = await timed_scan(store, qs[:few], k)
+            # the best hit holds as many of the query's words as any of the 10k turns
+            right = sum(
+                len(set(query_terms(q)) & words) == m
+                for q, words, m in zip(qs[:few], best[:few], most, strict=True)
+            )
             table.append(
                 [
                     name,
                     kind,
                     f"{pct(lat, 0.5) * 1e3:.2f}",
                     f"{pct(lat, 0.99) * 1e3:.2f}",
-                    f"{found}/{len(qs)}",
+                    f"{right}/{few}",
                     f"{pct(scan, 0.5) * 1e3:.1f}",
                     f"{pct(lat, 0.5) / pct(scan, 0.5):.3f}",
                 ]
@@ -284,7 +298,15 @@ def main() -> None:
         f"\nrecall of a caller with {min(HEAVY_TURNS, args.rows):,} turns among "
         f"{args.rows:,} rows, top {args.k}, {args.queries} queries per kind\n"
     )
-    head = ["backend", "query", "p50 (ms)", "p99 (ms)", "found", "scan p50 (ms)", "p50 / scan"]
+    head = [
+        "backend",
+        "query",
+        "p50 (ms)",
+        "p99 (ms)",
+        "best hit as good as a full scan's",
+        "scan p50 (ms)",
+        "p50 / scan",
+    ]
     print("| " + " | ".join(head) + " |")
     print("| " + " | ".join("---" if i < 2 else "---:" for i in range(len(head))) + " |")
     for row in table:
