@@ -16,8 +16,8 @@ does not count as the client's; `--in-process-emulator` runs it in this one.
 Rows: livekit alone; history with 0, 50 and 10,000 stored turns (SQLite, and
 PostgreSQL when `--pg` is reachable); and an LLM summarizer whose every answer
 takes `--summary-seconds` (a real livekit `llm.LLM`): each timed call starts
-right after an untimed call of the same caller ended, while that call's summary
-job is still waiting for the LLM. One HistoryPlugin per row, made before the
+after an untimed call of the same caller, once a summary job is waiting on the
+LLM. One HistoryPlugin per row, made before the
 first call (as a worker process would at startup; the tokenizer is not warmed
 up by hand). The 10,000-turn caller's summary is brought up to date before
 timing (as earlier calls' post-call jobs would have). Other rows wait for their
@@ -71,6 +71,13 @@ class SlowLLM(llm.LLM):
         super().__init__()
         self.seconds = seconds
         self.calls = 0
+        self._asked = asyncio.Event()
+
+    async def wait_for_calls(self, n: int) -> None:
+        """Until the summarizer has asked this LLM `n` times."""
+        while self.calls < n:
+            self._asked.clear()
+            await self._asked.wait()
 
     def chat(
         self,
@@ -83,6 +90,7 @@ class SlowLLM(llm.LLM):
         extra_kwargs: Any = NOT_GIVEN,
     ) -> llm.LLMStream:
         self.calls += 1
+        self._asked.set()
         return _SlowStream(self, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options)
 
 
@@ -108,6 +116,7 @@ class Row:
 @dataclass
 class CallResult:
     ms: float
+    load_ms: float  # of which HistoryPlugin.load
     cpu_ms: float  # this process's CPU time (all threads) over the same span
     replayed: int
     stale: bool
@@ -153,6 +162,7 @@ async def one_call(new_model: ModelFactory, plugin: HistoryPlugin | None, user: 
     loaded = None
     if plugin is not None:
         loaded = await plugin.load(user, instructions=INSTRUCTIONS)
+    t_loaded = time.perf_counter()
     model = new_model()
     session: AgentSession[Any] = AgentSession(llm=model)
     session.on("conversation_item_added", on_item)
@@ -173,6 +183,7 @@ async def one_call(new_model: ModelFactory, plugin: HistoryPlugin | None, user: 
     await model.aclose()
     return CallResult(
         ms=(t1 - t0) * 1000,
+        load_ms=(t_loaded - t0) * 1000,
         cpu_ms=(c1 - c0) * 1000,
         replayed=len(loaded.turns) if loaded is not None else 0,
         stale=loaded.summary_stale if loaded is not None else False,
@@ -187,6 +198,7 @@ class Setup:
     url: str | None
     plugin: HistoryPlugin | None
     results: list[CallResult]
+    slow: SlowLLM | None = None
 
 
 async def set_up(args: argparse.Namespace, row: Row, url: str | None) -> Setup:
@@ -200,15 +212,17 @@ async def set_up(args: argparse.Namespace, row: Row, url: str | None) -> Setup:
         # steady state: earlier calls' post-call jobs brought the summary up to date
         async with HistoryPlugin(url, HistoryConfig()) as warm:
             await warm.load(user, instructions=INSTRUCTIONS, summarize_now=True)
-    return Setup(row, user, url, HistoryPlugin(url, cfg), [])
+    return Setup(row, user, url, HistoryPlugin(url, cfg), [], slow)
 
 
 async def one_round(new_model: ModelFactory, setups: Sequence[Setup]) -> None:
     """One call of every row, in turn, so a busy moment of the machine hits all rows."""
     for s in setups:
-        if s.row.slow_summary:
-            # this call's summary job waits on the slow LLM while the next call starts
+        if s.slow is not None:
+            # an untimed call, then the timed one once a summary job waits on the slow LLM
+            asked = s.slow.calls
             await one_call(new_model, s.plugin, s.user)
+            await s.slow.wait_for_calls(asked + 1)
             s.results.append(await one_call(new_model, s.plugin, s.user))
             continue
         s.results.append(await one_call(new_model, s.plugin, s.user))
@@ -262,8 +276,9 @@ async def serve_emulator(latency: float) -> None:
 
 HEADER = (
     "| variant | store | stored turns | p50 ms | p95 ms | p50 - livekit ms | paired - livekit ms "
-    "| p50 / livekit | cpu ms p50 | 1st call ms | replayed turns | stale / pending |\n"
-    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    "| p50 / livekit | load() ms p50 | cpu ms p50 | 1st call ms | replayed turns "
+    "| stale / pending |\n"
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 )
 
 
@@ -285,6 +300,7 @@ def _line(s: Setup, livekit: Setup) -> str:
         f"{p50 - base:+.1f}",
         f"{_pct(paired, 50):+.1f}",
         f"{p50 / base:.2f}",
+        f"{_pct([r.load_ms for r in results], 50):.1f}" if s.plugin is not None else "-",
         f"{_pct([r.cpu_ms for r in results], 50):.1f}",
         f"{times[0]:.0f}",
         f"{_pct([float(r.replayed) for r in results], 50):.0f}",
@@ -345,8 +361,8 @@ async def run(args: argparse.Namespace) -> None:
         "\nRows take turns: round i runs call i of every row (a busy moment of the machine "
         "hits all rows).\npaired: median over rounds of (this row's call - livekit's call "
         "of the same round).\n1st: the row's first call (store connection, caches cold).\n"
-        "LLM summary rows: each timed call starts right after an untimed call of the same "
-        "caller,\n  whose summary job is waiting on the slow LLM.\n"
+        "LLM summary rows: each timed call starts after an untimed call of the same caller, "
+        "once a\n  summary job is waiting on the slow LLM.\n"
         "cpu: this process's CPU time over the call's span, all threads (the emulator runs "
         "elsewhere);\n  unlike wall time it does not grow when other processes take the cores.\n"
         "stored turns: before the first call (each call adds 2). replayed: verbatim turns, "
