@@ -31,6 +31,13 @@ SAMPLE_RATE = 24_000
 FRAME_MS = 20
 
 
+async def user_turn(session: AgentSession[Any], text: str, timeout: float = 20) -> Any:
+    """One user turn: `session.run` (1.2+) or, on livekit 1.0 - 1.1, `generate_reply`."""
+    if hasattr(session, "run"):
+        return await asyncio.wait_for(session.run(user_input=text), timeout)
+    return await asyncio.wait_for(session.generate_reply(user_input=text), timeout)
+
+
 class Maya(Agent):
     def __init__(self, loaded: LoadedHistory | None = None, *, chat_ctx: Any = None) -> None:
         if loaded is not None:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from history_helpers import (
     AGENT_INSTRUCTIONS,
+    DEFAULT_KIND,
     PATHS,
     Billing,
     Maya,
@@ -31,6 +32,7 @@ from history_helpers import (
     speech_frame,
     start_call,
     text_of,
+    user_turn,
 )
 from livekit.agents import AgentSession
 from pydantic import ValidationError
@@ -517,11 +519,11 @@ async def test_attach_after_start_is_reported(
 ) -> None:
     caplog.set_level(logging.WARNING, logger=LOGGER)
     plugin = HistoryPlugin("sqlite://:memory:")
-    model = emu.realtime_model("openai", modalities=["text"])
+    model = emu.realtime_model(DEFAULT_KIND, modalities=["text"])  # type: ignore[arg-type]
     session: AgentSession[Any] = AgentSession(llm=model)
     await session.start(Maya())
     recorder = plugin.attach(session, user_id="judy")
-    await session.run(user_input="late attach still records")
+    await user_turn(session, "late attach still records")
     await session.aclose()
     await recorder.aclose()
     await model.aclose()

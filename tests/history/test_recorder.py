@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from history_helpers import (
+    DEFAULT_KIND,
     HAS_HANDOFF_ITEM,
     PATHS,
     Maya,
@@ -28,6 +29,7 @@ from history_helpers import (
     message_text,
     speech_frame,
     start_call,
+    user_turn,
 )
 from livekit.agents import AgentSession, llm
 from livekit.agents.voice.events import ConversationItemAddedEvent
@@ -293,13 +295,13 @@ async def test_writing_never_blocks_the_call(emu: RealtimeEmulator, tmp_path: Pa
 
 async def test_session_close_flushes_everything(emu: RealtimeEmulator, url: str) -> None:
     plugin = HistoryPlugin(url)
-    model = emu.realtime_model("openai", modalities=["text"])
+    model = emu.realtime_model(DEFAULT_KIND, modalities=["text"])  # type: ignore[arg-type]
     session: AgentSession[Any] = AgentSession(llm=model)
     written: list[str] = []
     recorder: Recorder = plugin.attach(session, user_id="alice", agent_id="front-desk")
     recorder.on_written = lambda batch: written.extend(t.text for t in batch)
     await session.start(Maya())
-    await session.run(user_input="remember this")
+    await user_turn(session, "remember this")
     await session.aclose()  # the close event alone flushes
     assert recorder.closed
     await recorder.aclose()  # idempotent: waits for the same flush
