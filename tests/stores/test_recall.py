@@ -4,15 +4,20 @@ captured-fact fields stored."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from livekit_history_plugin.history.models import Fact, Role
 from livekit_history_plugin.history.search import owner_token
 from livekit_history_plugin.history.stores import base as store_base
 
+from .conftest import make_backend
 from .helpers import T0, Backend, turn
 
 # FTS5 / tsquery / SQL syntax a caller (or a model) might put in a query
@@ -56,7 +61,9 @@ async def _seed(store: store_base.HistoryStore) -> None:
     turns = [
         turn("alice", "a1", i * 2, at=i * 10.0, text=t, role=Role.USER) for i, t in enumerate(ALICE)
     ]
-    turns += [turn("bob", "b1", i * 2, at=i * 10.0, text=t, role=Role.USER) for i, t in enumerate(BOB)]
+    turns += [
+        turn("bob", "b1", i * 2, at=i * 10.0, text=t, role=Role.USER) for i, t in enumerate(BOB)
+    ]
     assert await store.append(turns) == len(turns)
 
 
@@ -159,3 +166,59 @@ async def test_fact_origin_and_source_turns_round_trip(backend: Backend) -> None
         facts = {f.key: f for f in await store.load_facts("u1")}
     assert facts["allergy:peanuts"] == fact
     assert facts["diet"].origin == "author" and facts["diet"].source_turn_ids == []
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_any_query_text_is_safe(kind: str, tmp_path: Path) -> None:
+    """Generated queries (any characters, FTS5 and tsquery operators mixed in)
+    never raise and never return another user's turn."""
+    loop = asyncio.new_event_loop()
+    backend = loop.run_until_complete(make_backend(kind, tmp_path))
+    store = backend.store()
+    try:
+        loop.run_until_complete(store.open())
+        loop.run_until_complete(_seed(store))
+        pieces = st.sampled_from(
+            [
+                '"',
+                "'",
+                "*",
+                ":",
+                "^",
+                "-",
+                "(",
+                ")",
+                "{",
+                "}",
+                "NEAR",
+                "OR",
+                "AND",
+                "NOT",
+                "&",
+                "|",
+                "!",
+                "<->",
+                "\\",
+                ";",
+                "--",
+                "order",
+                "pineapple",
+                "4417",
+                "café",
+                " ",
+            ]
+        )
+        queries = st.one_of(st.text(max_size=60), st.lists(pieces, max_size=12).map("".join))
+
+        @settings(max_examples=150, deadline=None)
+        @given(queries)
+        def check(q: str) -> None:
+            hits = loop.run_until_complete(store.search_turns("bob", q, 10))
+            assert all(h.turn.user_id == "bob" for h in hits)
+            assert not any("pineapple" in h.turn.text for h in hits)
+
+        check()
+    finally:
+        loop.run_until_complete(store.close())
+        loop.run_until_complete(backend.cleanup())
+        loop.close()
