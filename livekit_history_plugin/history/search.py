@@ -41,12 +41,14 @@ MAX_QUERY_CHARS = 1_000
 # the fallback scans this many of the user's latest turns (Redis has no text index)
 SCAN_FALLBACK_TURNS = 2_000
 # The indexed stores rank in three bounded phases, so a caller with 10,000 turns
-# costs what one with 500 does: (1) turns holding every word, the newest
-# SEARCH_WINDOW of them ranked; (2) if fewer than k, turns holding any of the
-# query's rare words (a word in fewer than SEARCH_WINDOW of the caller's turns:
-# all of them are ranked); (3) if still fewer, any word, within the newest
-# max(64, 8 k) matches (SQLite) or the caller's newest SEARCH_WINDOW turns
-# (PostgreSQL). Phase order is rank order: all words before some words.
+# costs about what one with 500 does: (1) turns holding every word: the newest
+# SEARCH_WINDOW of the index matches (SQLite), or on PostgreSQL all of them when
+# one word is rare (a word in fewer than SEARCH_WINDOW of the caller's turns),
+# else those among the caller's newest SEARCH_WINDOW turns; (2) if fewer than k,
+# turns holding any of the query's rare words (all of them); (3) if still fewer,
+# any word, within the newest max(64, 8 k) matches (SQLite) or the caller's
+# newest SEARCH_WINDOW turns (PostgreSQL). Phase order is rank order: all words
+# before some words.
 SEARCH_WINDOW = 256
 
 # English function words that carry nothing for ranking; dropped unless the

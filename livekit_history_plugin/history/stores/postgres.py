@@ -517,9 +517,10 @@ class PostgresStore(HistoryStore):
         everything = tuple(range(n))
 
         async def phase(
-            conn: asyncpg.Connection, subset: tuple[int, ...], op: str, window: int
+            conn: asyncpg.Connection, subset: tuple[int, ...], op: str, recent: bool
         ) -> list[Candidate[Any]]:
-            sql = self._sql.search_phase(n, subset, op, exclude=exclude)
+            sql = self._sql.search_phase(n, subset, op, exclude=exclude, recent=recent)
+            window = SEARCH_WINDOW * (len(subset) if op == "||" and not recent else 1)
             rows = await conn.fetch(sql, user_id, window, *terms, *tail)
             return [
                 Candidate(
@@ -533,20 +534,19 @@ class PostgresStore(HistoryStore):
             ]
 
         async def fn(conn: asyncpg.Connection) -> list[tuple[Any, float]]:
-            phases = [await phase(conn, everything, "&&", SEARCH_WINDOW)]
+            counts = list(
+                await conn.fetchval(self._sql.search_counts, user_id, SEARCH_WINDOW, terms)
+            )
+            rare = tuple(i for i, c in enumerate(counts) if c < SEARCH_WINDOW)
+            # all words: through the GIN index when one of them is rare (then the
+            # matches are fewer than the window), else among the newest turns
+            phases = [await phase(conn, everything, "&&", not rare)]
             found = len(phases[0])
-            # every candidate of the first phase holds every word: idf is even there
-            counts = [1] * n
-            if found < limit and n > 1:
-                counts = list(
-                    await conn.fetchval(self._sql.search_counts, user_id, SEARCH_WINDOW, terms)
-                )
-                rare = tuple(i for i, c in enumerate(counts) if c < SEARCH_WINDOW)
-                if rare:
-                    phases.append(await phase(conn, rare, "||", SEARCH_WINDOW * len(rare)))
-                    found += len(phases[-1])
-                if found < limit and n > len(rare):
-                    phases.append(await phase(conn, everything, "recent", SEARCH_WINDOW))
+            if found < limit and n > 1 and rare:
+                phases.append(await phase(conn, rare, "||", False))
+                found += len(phases[-1])
+            if found < limit and 1 < n > len(rare):
+                phases.append(await phase(conn, everything, "||", True))
             return rank_phases(phases, counts, limit)
 
         hits: list[RecallHit] = []
@@ -606,7 +606,7 @@ class _Statements:
             f"FROM {q}.turns WHERE created_at < $1 LIMIT $2)"
         )
         self._q = q
-        self._search: dict[tuple[int, tuple[int, ...], str, bool], str] = {}
+        self._search: dict[tuple[int, tuple[int, ...], str, bool, bool], str] = {}
         # the owner lexeme of migration 3 (hex digits: a valid tsquery word), ANDed
         # into every match so the GIN index scopes the search to this user
         owner = "('u' || md5($1))::tsquery"
@@ -618,12 +618,15 @@ class _Statements:
         )
         self._owner = owner
 
-    def search_phase(self, n_terms: int, subset: tuple[int, ...], op: str, *, exclude: bool) -> str:
-        """One phase of a search for n_terms words ($3..): the newest $2 of the
-        user's turns holding the words of `subset` joined by `op` (&& or ||), or
-        (op "recent") any of them among the user's newest $2 turns. One statement
-        per shape, so asyncpg prepares a handful."""
-        key = (n_terms, subset, op, exclude)
+    def search_phase(
+        self, n_terms: int, subset: tuple[int, ...], op: str, *, exclude: bool, recent: bool
+    ) -> str:
+        """One phase of a search for n_terms words ($3..): the user's turns holding
+        the words of `subset` joined by `op` (&& or ||), the newest $2 of them
+        through the GIN index, or (`recent`) among the user's newest $2 turns by
+        the turns_latest index. One statement per shape, so asyncpg prepares a
+        handful."""
+        key = (n_terms, subset, op, exclude, recent)
         sql = self._search.get(key)
         if sql is not None:
             return sql
@@ -636,8 +639,7 @@ class _Statements:
         skip = f"AND conversation_id <> ${n_terms + 3} " if exclude else ""
         cols = f"{_TURN_COLUMNS}, length(text) AS len, {held} AS held"
         order = "ORDER BY created_at DESC, conversation_id DESC, seq DESC, idem_key DESC"
-        if op == "recent":
-            # the user's newest turns by the turns_latest index, then the words
+        if recent:
             source = (
                 f"(SELECT * FROM {self._q}.turns WHERE user_id = $1 {order} LIMIT $2) t "
                 f"WHERE search @@ {match} {skip}"
@@ -645,8 +647,8 @@ class _Statements:
             sql = f"SELECT {cols} FROM {source}"
         else:
             # MATERIALIZED: every match through the GIN index first (bounded: the
-            # phase's words are all-of or rare), never a walk of a created_at index
-            # hoping to meet them; user_id = $1 re-checks the owner exactly
+            # phase's words are rare), never a walk of a created_at index hoping to
+            # meet them; user_id = $1 re-checks the owner exactly
             sql = (
                 f"WITH m AS MATERIALIZED (SELECT * FROM {self._q}.turns "
                 f"WHERE search @@ ({match} && {self._owner})) "
