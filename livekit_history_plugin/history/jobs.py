@@ -99,7 +99,8 @@ class PostCallJobs:
             raise ValueError(f"default_timeout must be > 0, got {default_timeout}")
         self.default_timeout = default_timeout
         self._steps: list[PostCallStep] = []
-        self._tails: dict[str, asyncio.Task[None]] = {}  # user -> last job queued for them
+        # user -> their unfinished jobs, oldest first (each waits for the one before)
+        self._queued: dict[str, list[asyncio.Task[None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._records: list[JobRecord] = []
 
@@ -126,17 +127,18 @@ class PostCallJobs:
         """Queue a job for `ctx.user_id`; it starts once that user's previous job
         ended (and `delay` seconds have passed). Returns its task."""
         steps = [s for s in self._steps if ctx.reason == "call_closed" or s.on_load]
-        previous = self._tails.get(ctx.user_id)
-        task = asyncio.ensure_future(self._job(ctx, steps, previous, delay))
-        self._tails[ctx.user_id] = task
+        queue = self._queued.setdefault(ctx.user_id, [])
+        # every earlier one, not just the last: a cancelled job in between must not
+        # let this one start beside a job still running
+        task = asyncio.ensure_future(self._job(ctx, steps, list(queue), delay))
+        queue.append(task)
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._finished(ctx.user_id, t))
         return task
 
     def pending(self, user_id: str) -> bool:
         """True while a job for `user_id` is queued or running in this process."""
-        tail = self._tails.get(user_id)
-        return tail is not None and not tail.done()
+        return bool(self._queued.get(user_id))
 
     @property
     def running(self) -> int:
@@ -154,7 +156,8 @@ class PostCallJobs:
         while True:
             tasks = [
                 t
-                for u, t in self._tails.items()
+                for u, queue in self._queued.items()
+                for t in queue
                 if not t.done() and (user_id is None or u == user_id)
             ]
             if not tasks:
@@ -184,12 +187,13 @@ class PostCallJobs:
         self,
         ctx: PostCallContext,
         steps: Sequence[PostCallStep],
-        previous: asyncio.Task[None] | None,
+        earlier: list[asyncio.Task[None]],
         delay: float,
     ) -> None:
-        if previous is not None and not previous.done():
-            # one job per user at a time; the previous one's failure is its own
-            await asyncio.gather(previous, return_exceptions=True)
+        if earlier:
+            # one job per user at a time; an earlier one's failure is its own, and
+            # cancelling this job must not cancel them (asyncio.wait never does)
+            await asyncio.wait(earlier)
         if delay > 0:
             await asyncio.sleep(delay)
         record = JobRecord(ctx.user_id, ctx.reason)
@@ -231,8 +235,11 @@ class PostCallJobs:
 
     def _finished(self, user_id: str, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if self._tails.get(user_id) is task:
-            del self._tails[user_id]
+        queue = self._queued.get(user_id, [])
+        if task in queue:
+            queue.remove(task)
+        if not queue:
+            self._queued.pop(user_id, None)
         if not task.cancelled() and task.exception() is not None:
             logger.error("history post-call job of %r crashed: %r", user_id, task.exception())
 

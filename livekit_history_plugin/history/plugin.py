@@ -131,7 +131,7 @@ class HistoryConfig(BaseModel):
     load_limit: int = Field(
         default=1_000,
         ge=1,
-        description="most not-yet-summarized older turns read (and summarized) per load",
+        description="most not-yet-summarized older turns read (and summarized) per summary job",
     )
     writer_max_buffer: int = Field(default=10_000, ge=1)
     flush_timeout: float = Field(

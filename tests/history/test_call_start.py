@@ -385,9 +385,15 @@ async def test_jobs_of_one_user_run_one_at_a_time_and_load_jobs_skip_call_only_s
         assert entered == ["ann c1", "ben c3", "call-only c3"]
         assert jobs.pending("ann") and not jobs.pending("ben")
         assert not await jobs.wait_idle("ann", timeout=0)
+        a3 = jobs.schedule(PostCallContext("ann", store, "call_closed", "c4"))
+        a3.cancel()  # a queued job cancelled does not cancel the one it waits for
+        await asyncio.gather(a3, return_exceptions=True)
+        assert a3.cancelled() and not a1.done() and jobs.pending("ann")
+        a5 = jobs.schedule(PostCallContext("ann", store, "load", "c5"))
         gate.set()
-        await asyncio.gather(a1, a2)
-    assert entered == ["ann c1", "ben c3", "call-only c3", "call-only c1", "ann c2"]
+        await asyncio.gather(a1, a2, a5)
+    # c5 waited for c1 and c2 although the job queued between them was cancelled
+    assert entered == ["ann c1", "ben c3", "call-only c3", "call-only c1", "ann c2", "ann c5"]
     assert await jobs.wait_idle(timeout=0) and jobs.running == 0
 
 
