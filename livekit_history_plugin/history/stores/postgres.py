@@ -534,13 +534,13 @@ class PostgresStore(HistoryStore):
             ]
 
         async def fn(conn: asyncpg.Connection) -> list[tuple[Any, float]]:
-            counts = list(
-                await conn.fetchval(self._sql.search_counts, user_id, SEARCH_WINDOW, terms)
-            )
+            sql = self._sql.search_counts(n)
+            counts = list(await conn.fetchval(sql, user_id, SEARCH_WINDOW, *terms))
+            together = counts.pop() if n > 1 else counts[0]
             rare = tuple(i for i, c in enumerate(counts) if c < SEARCH_WINDOW)
-            # all words: through the GIN index when one of them is rare (then the
-            # matches are fewer than the window), else among the newest turns
-            phases = [await phase(conn, everything, "&&", not rare)]
+            # all words: through the GIN index when fewer than the window hold them
+            # all, else among the caller's newest turns (there are plenty)
+            phases = [await phase(conn, everything, "&&", together >= SEARCH_WINDOW)]
             found = len(phases[0])
             if found < limit and n > 1 and rare:
                 phases.append(await phase(conn, rare, "||", False))
@@ -610,13 +610,24 @@ class _Statements:
         # the owner lexeme of migration 3 (hex digits: a valid tsquery word), ANDed
         # into every match so the GIN index scopes the search to this user
         owner = "('u' || md5($1))::tsquery"
-        # how many of the user's turns hold each word ($3: text[]), counted up to $2
-        self.search_counts = (
-            f"SELECT array(SELECT (SELECT count(*) FROM (SELECT 1 FROM {q}.turns "
-            f"WHERE search @@ (plainto_tsquery('simple', w) && {owner}) LIMIT $2) c) "
-            "FROM unnest($3::text[]) WITH ORDINALITY AS u(w, i) ORDER BY i)"
-        )
+        self._counts: dict[int, str] = {}
         self._owner = owner
+
+    def search_counts(self, n_terms: int) -> str:
+        """How many of the user's turns hold each of the n_terms words ($3..), and
+        (with more than one word) all of them together, last; each counted up to $2."""
+        sql = self._counts.get(n_terms)
+        if sql is None:
+            word = [f"plainto_tsquery('simple', ${i + 3})" for i in range(n_terms)]
+            # one word: its own count is the count of "all words"
+            probes = [*word, "(" + " && ".join(word) + ")"] if n_terms > 1 else word
+            counts = ", ".join(
+                f"(SELECT count(*) FROM (SELECT 1 FROM {self._q}.turns "
+                f"WHERE search @@ ({p} && {self._owner}) LIMIT $2) c)"
+                for p in probes
+            )
+            sql = self._counts[n_terms] = f"SELECT ARRAY[{counts}]"
+        return sql
 
     def search_phase(
         self, n_terms: int, subset: tuple[int, ...], op: str, *, exclude: bool, recent: bool
