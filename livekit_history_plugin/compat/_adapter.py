@@ -44,6 +44,7 @@ from ..providers import (
 )
 from ..replay.driver import ReplayDriver
 from ..replay.engine import (
+    ACK_TIMEOUT,
     CONNECTION_RESET,
     PROBE_ID_PREFIX,
     DeleteFailed,
@@ -119,6 +120,10 @@ class SessionAdapter:
         # our item id -> the id the server keeps it under (SERVER_REPLACES_ITEM_IDS)
         self.server_ids: dict[str, str] = {}
         self._client_ids: dict[str, str] = {}
+        #: called as ``listener(our_id, server_id)`` each time the server turns out to
+        #: keep one of our items under an id of its own (the recorder stores the server's)
+        self.id_listeners: list[Callable[[str, str], None]] = []
+        self._unknown_id_warned = False
         self.last_result: ReplayResult | None = None
         self.last_report: ReplayReport | None = None
         self.reports: collections.deque[ReplayReport] = collections.deque(maxlen=_REPORTS_KEPT)
@@ -380,10 +385,24 @@ class SessionAdapter:
             return item_id
         for ours in self.order.pending_creates():
             if ours in sent and same_item(sent[ours], echoed):
-                self.server_ids[ours] = item_id
-                self._client_ids[item_id] = ours
+                self._remap(ours, item_id)
                 return ours
         return item_id
+
+    def _remap(self, ours: str, server: str) -> None:
+        """Keep `ours` under `server` from now on, and tell the listeners."""
+        self._client_ids[server] = ours
+        # a reconnect replays an item under the id the old connection gave it and
+        # the new one renames it again: the item's first id follows to the newest
+        for first, known in list(self.server_ids.items()):
+            if known == ours:
+                self.server_ids[first] = server
+        self.server_ids[ours] = server
+        for listener in list(self.id_listeners):
+            try:
+                listener(ours, server)
+            except Exception:  # a listener must never fail the replay
+                logger.exception("server item id listener failed")
 
     def _on_output(self, out: Output) -> None:
         self._timings.settled(out)
@@ -400,6 +419,10 @@ class SessionAdapter:
             self.order.delete_answered(out.item_id)
         if isinstance(out, ItemRejected):
             self.order.settled(out.item_id, False)
+            if out.code == ACK_TIMEOUT:
+                # its check (retrieve / anchor probe) names our id, which such a
+                # server never knows: "not there" is not proven
+                self._warn_unknown_server_id(out.item_id)
         if isinstance(out, ItemRejected) and out.code == CONNECTION_RESET:
             logger.debug("chat item %s unanswered before a reconnect; replaying", out.item_id)
         elif isinstance(out, ItemRejected):
@@ -421,12 +444,31 @@ class SessionAdapter:
         item = self._plan.local_items.get(item_id)
         if item is None:
             return
+        self._warn_unknown_server_id(item_id)
 
         def apply(prev: str | None) -> None:
             if self.mirror.get(item_id) is None:
                 put_after(self.mirror, item, prev)
 
         self.order.place(Placement(item_id, UNKNOWN, apply, guessed=True))
+
+    def _warn_unknown_server_id(self, item_id: str) -> None:
+        """An item settled without its own ack on a server that renames items: the
+        server's id for it never reached us, so it stays under ours (once a WARNING,
+        then DEBUG)."""
+        if not self.provider.has(SERVER_REPLACES_ITEM_IDS) or item_id in self.server_ids:
+            return
+        log = logger.debug if self._unknown_id_warned else logger.warning
+        self._unknown_id_warned = True
+        log(
+            "%s keeps chat items under ids of its own and the ack of chat item %s (the one "
+            "event naming its id) was lost: whether and under which id the server has it "
+            "cannot be checked; the mirror and the call history keep %s",
+            self.provider.name,
+            item_id,
+            item_id,
+            extra={"item_id": item_id},
+        )
 
     def _server_prev(self, event: Any) -> ServerPrev:
         if self.provider.has(NULL_PREVIOUS_ITEM_ID):

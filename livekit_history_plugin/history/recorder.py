@@ -24,6 +24,12 @@ chat messages into `Turn`s:
 - Idempotent on the livekit item id: a message seen twice (a re-emit, a
   realtime reconnect that replays the conversation) is recorded once, and the
   stores ignore a re-sent item id.
+- The server's id. A server that keeps our items under ids of its own
+  (`providers.SERVER_REPLACES_ITEM_IDS`) makes the adapter report each rename
+  (`SessionAdapter.id_listeners`); the turn of that item is stored under the
+  server's id, whether the rename comes before the message is committed or
+  while the turn still waits (reorder buffer, store not open yet). Every id the
+  item had counts as seen, so a re-emit under any of them is no new turn.
 - Handoff and configuration items, instruction (system / developer) messages
   and empty messages are not turns. With ``record_system_notes`` an agent
   change is recorded as a short system note.
@@ -156,6 +162,8 @@ class Recorder:
         self._turns: list[Turn] = []
         self._pending: list[_Pending] = []
         self._seen: set[str] = set()  # item ids taken (recorded, pending or skipped)
+        # an item id livekit knows -> the id the server keeps the item under
+        self._server_ids: dict[str, str] = {}
         self._arrivals = 0
         self._next_seq = 0
         self._last_us = 0
@@ -229,6 +237,9 @@ class Recorder:
             return
         self._rt_sessions.append(weakref.ref(rt_session))
         self.call_log.watch(adapter)
+        adapter.id_listeners.append(self._on_server_id)
+        for ours, server in list(adapter.server_ids.items()):
+            self._on_server_id(ours, server)
 
     @property
     def realtime_sessions(self) -> list[Any]:
@@ -299,10 +310,11 @@ class Recorder:
             return  # system / developer messages are instructions, not turns
         item_id = item.id if isinstance(item.id, str) and item.id else None
         if item_id is not None:
+            livekit_id, item_id = item_id, self._server_ids.get(item_id, item_id)
             if item_id in self._seen:
                 self._update_pending(item_id, item)
                 return
-            self._seen.add(item_id)
+            self._seen.update((livekit_id, item_id))
         text = (item.text_content or "").strip()
         if not text:
             return
@@ -334,6 +346,49 @@ class Recorder:
                     del self._pending[i]
                 return
         logger.debug("history recorder: item %s already recorded; ignored", item_id)
+
+    def _on_server_id(self, ours: str, server: str) -> None:
+        """The server keeps item `ours` under `server`: so does the item's turn."""
+        if not self._attached:
+            return
+        if safe_ident(server) != server:
+            logger.debug(
+                "history recorder: server item id %r not storable; keeping %s", server, ours
+            )
+            return
+        for first, known in list(self._server_ids.items()):
+            if known == ours:
+                self._server_ids[first] = server
+        self._server_ids[ours] = server
+        if ours not in self._seen:
+            return  # not committed yet: `_take` maps it
+        self._seen.add(server)
+        for p in self._pending:
+            if p.item_id == ours:
+                p.item_id = server
+                return
+        self._rename_numbered(ours, server)
+
+    def _rename_numbered(self, ours: str, server: str) -> None:
+        """Rename a turn that has its seq but is not handed to the store yet."""
+        index = next((i for i, t in enumerate(self._turns) if t.item_id == ours), None)
+        if index is None:
+            return  # a skipped item (empty, not a turn)
+        turn = self._turns[index]
+        backlog = self._backlog
+        at = next((i for i, t in enumerate(backlog or ()) if t is turn), None)
+        if backlog is None or at is None:
+            # the writer has it (or wrote it): it keeps the id it was sent with;
+            # every id of the item is seen, so it is still recorded once
+            logger.debug(
+                "history recorder: turn %s already sent to the store when the server "
+                "named its item %s",
+                ours,
+                server,
+            )
+            return
+        renamed = turn.model_copy(update={"item_id": server})
+        backlog[at] = self._turns[index] = renamed
 
     def _on_handoff(self, item: Any) -> None:
         new = getattr(item, "new_agent_id", None)
@@ -588,6 +643,10 @@ class Recorder:
         if not self._attached:
             return
         self._attached = False
+        for rt in self.realtime_sessions:
+            adapter = adapter_of(rt)
+            if adapter is not None and self._on_server_id in adapter.id_listeners:
+                adapter.id_listeners.remove(self._on_server_id)
         for event, handler in (
             ("conversation_item_added", self._on_item_added),
             ("close", self._on_close),
