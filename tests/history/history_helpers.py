@@ -21,6 +21,8 @@ from livekit_history_plugin.testing import EmulatorSession, RealtimeEmulator
 
 RELEASE = tuple(int(p) for p in LIVEKIT_VERSION.split(".")[:2])
 HAS_HANDOFF_ITEM = RELEASE >= (1, 5)  # conversation_item_added carries AgentHandoff items
+# livekit 1.1 added the reconnect loop; on 1.0 a closed socket ends the session
+HAS_RECONNECT = hasattr(llm, "RealtimeSessionReconnectedEvent")
 # emulator.realtime_model kinds every release has: Azure legacy (beta dialect), OpenAI GA.
 # livekit 1.0 - 1.1 reach OpenAI only with the beta shape OpenAI retired on 2026-05-12:
 # Azure is their one live path

@@ -17,7 +17,7 @@ import json
 import sys
 from typing import Any
 
-from history_helpers import AGENT_INSTRUCTIONS, protocol_errors
+from history_helpers import AGENT_INSTRUCTIONS, DEFAULT_KIND, protocol_errors, user_turn
 from livekit.agents import Agent, AgentSession
 
 from livekit_history_plugin.history.plugin import HistoryPlugin
@@ -26,8 +26,11 @@ from livekit_history_plugin.testing import ConversationView, RealtimeEmulator, r
 
 
 async def _say(session: AgentSession[Any], text: str) -> str:
-    result: Any = await asyncio.wait_for(session.run(user_input=text), 30)
+    result: Any = await user_turn(session, text, 30)
     reply = ""
+    if not hasattr(result, "events"):  # livekit 1.0 - 1.1: a SpeechHandle
+        message = result.chat_message
+        return (message.text_content or "") if message is not None else ""
     for ev in result.events:
         item = getattr(ev, "item", None)
         if item is not None and getattr(item, "role", None) == "assistant":
@@ -39,7 +42,7 @@ async def tell(url: str, user: str, texts: list[str]) -> None:
     plugin = HistoryPlugin(url)
     async with RealtimeEmulator() as emu:
         loaded = await plugin.load(user, instructions=AGENT_INSTRUCTIONS)
-        model = emu.realtime_model("openai", modalities=["text"])
+        model = emu.realtime_model(DEFAULT_KIND, modalities=["text"])  # type: ignore[arg-type]
         session: AgentSession[Any] = AgentSession(llm=model)
         recorder = plugin.attach(session, user_id=user)
         await session.start(Agent(instructions=loaded.instructions, chat_ctx=loaded.chat_ctx))
@@ -68,7 +71,7 @@ async def ask(url: str, user: str, query: str, text: str) -> None:
 
         emu.reply = reply_with_tool(RECALL_TOOL_NAME, asked, arguments={"query": query})
         loaded = await plugin.load(user, instructions=AGENT_INSTRUCTIONS)
-        model = emu.realtime_model("openai", modalities=["text"])
+        model = emu.realtime_model(DEFAULT_KIND, modalities=["text"])  # type: ignore[arg-type]
         session: AgentSession[Any] = AgentSession(llm=model)
         recorder = plugin.attach(session, user_id=user)
         tool = plugin.recall_tool(user, exclude_conversation_id=recorder.conversation_id)

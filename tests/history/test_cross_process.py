@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from history_helpers import assert_clean, run_call
+from history_helpers import DEFAULT_KIND, assert_clean, run_call
 
 from livekit_history_plugin.history.plugin import HistoryConfig, HistoryPlugin
 from livekit_history_plugin.history.render import HISTORY_TAG
@@ -50,7 +50,7 @@ async def test_history_is_replayed_by_a_call_in_a_new_process(tmp_path: Path) ->
     assert first.recorder.written == 4
     await plugin.aclose()
 
-    proc = await _child("call", url, "alice", "packed", "openai", "Is my booking still on?")
+    proc = await _child("call", url, "alice", "packed", DEFAULT_KIND, "Is my booking still on?")
     out, err = await asyncio.wait_for(proc.communicate(), CHILD_TIMEOUT)
     assert proc.returncode == 0, err.decode()[-3000:]
     seen = json.loads(out.decode().strip().splitlines()[-1])

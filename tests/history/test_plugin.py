@@ -495,7 +495,7 @@ async def test_livekit_native_path_sends_audio_ahead_of_the_history(
     words reach the server (and its VAD) before the history does."""
     await seed(url, seeded("hana", 12))
     emu.faults.ack_delay = 0.15
-    s, (_, acks), _ = await _call_with_early_audio(emu, url, "openai", wrap=False)
+    s, (_, acks), _ = await _call_with_early_audio(emu, url, DEFAULT_KIND, wrap=False)
     assert len(acks) == 12
     assert s.first_audio_at is not None and s.first_audio_at < max(acks.values())
 

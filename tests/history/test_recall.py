@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from history_helpers import AGENT_INSTRUCTIONS, assert_clean, user_turn
+from history_helpers import AGENT_INSTRUCTIONS, DEFAULT_KIND, PATHS, assert_clean, user_turn
 from livekit.agents import Agent, AgentSession
 
 from livekit_history_plugin.history.models import Role, Turn
@@ -89,7 +89,7 @@ def block_lines(output: str) -> list[str]:
     return output.split(f"<{RECALL_TAG}>\n", 1)[1].split(f"</{RECALL_TAG}>", 1)[0].splitlines()
 
 
-@pytest.mark.parametrize("kind", ["azure", "openai"])
+@pytest.mark.parametrize("kind", PATHS)
 async def test_hostile_text_in_a_recalled_turn_stays_quoted_data(
     plugin: HistoryPlugin, kind: str
 ) -> None:
@@ -108,7 +108,7 @@ async def test_hostile_text_in_a_recalled_turn_stays_quoted_data(
     "query", ["pineapple", "7781", 'pineapple" OR "1200', "alice's order *", "'; DROP TABLE turns"]
 )
 async def test_bobs_tool_never_returns_alices_turns(plugin: HistoryPlugin, query: str) -> None:
-    output = await tool_output(plugin, "bob", query, kind="openai")
+    output = await tool_output(plugin, "bob", query, kind=DEFAULT_KIND)
     # the answer names the query it answers; nothing else of alice's may be there
     rest = output.replace(quote(query), "")
     assert "pineapple" not in rest and "7781" not in rest
@@ -134,7 +134,7 @@ async def test_a_failing_store_answers_unavailable_not_an_error(tmp_path: Path) 
     await plugin.store.close()  # every store call now raises StoreError
     with pytest.raises(StoreError):
         await plugin.store.search_turns("alice", "x", 1)
-    output = await tool_output(plugin, "alice", "order", kind="openai")
+    output = await tool_output(plugin, "alice", "order", kind=DEFAULT_KIND)
     assert output == "Recall of earlier calls is unavailable right now."
     await plugin.aclose()
 
