@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+import types
+from typing import Any, NoReturn
 
 from livekit.agents import AgentSession, JobContext, JobProcess, WorkerOptions, cli
 from livekit.plugins import openai
@@ -99,6 +100,40 @@ def missing_model_settings() -> list[str]:
     return [] if os.environ.get("OPENAI_API_KEY") else ["OPENAI_API_KEY (or AZURE_OPENAI_*)"]
 
 
+class AudioUnavailableError(ValueError):
+    # a ValueError: livekit's console (1.4 - 1.8) prints those as one error line, no traceback
+    pass
+
+
+class _NoPortAudio(types.ModuleType):
+    """Stands in for `sounddevice` when PortAudio is missing: fails only if audio is used."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("sounddevice")
+        self._reason = reason
+
+    def __getattr__(self, name: str) -> NoReturn:
+        raise AudioUnavailableError(
+            f"audio console needs the PortAudio library ({self._reason}; on Debian/Ubuntu: "
+            "apt install libportaudio2); text mode works without it"
+        )
+
+
+def allow_text_console_without_portaudio(argv: list[str]) -> None:
+    """Let `console --text` run where `sounddevice` cannot load PortAudio (servers, CI).
+
+    livekit's console imports sounddevice before it looks at the mode (1.3 - 1.8:
+    `_run_console` -> `AgentsConsole._validate_device_or_raise`), so text mode, which
+    records and plays nothing, would end in `OSError: PortAudio library not found`.
+    """
+    if argv[:1] != ["console"] or "--text" not in argv or "sounddevice" in sys.modules:
+        return
+    try:
+        import sounddevice  # noqa: F401
+    except OSError as exc:
+        sys.modules["sounddevice"] = _NoPortAudio(str(exc))
+
+
 def main() -> None:
     argv = sys.argv[1:]
     if argv[:1] == ["demo"]:
@@ -116,6 +151,7 @@ def main() -> None:
                 "(see the README, section \"Example voice agent\")\n"
             )
             sys.exit(2)
+    allow_text_console_without_portaudio(argv)
     cli.run_app(WorkerOptions(entrypoint_fnc=entrypoint, prewarm_fnc=prewarm))
 
 
