@@ -422,7 +422,9 @@ class SessionAdapter:
             if out.code == ACK_TIMEOUT:
                 # its check (retrieve / anchor probe) names our id, which such a
                 # server never knows: "not there" is not proven
-                self._warn_unknown_server_id(out.item_id)
+                self._warn_unknown_server_id(
+                    out.item_id, "it counts as rejected (not mirrored); the call history keeps"
+                )
         if isinstance(out, ItemRejected) and out.code == CONNECTION_RESET:
             logger.debug("chat item %s unanswered before a reconnect; replaying", out.item_id)
         elif isinstance(out, ItemRejected):
@@ -444,7 +446,7 @@ class SessionAdapter:
         item = self._plan.local_items.get(item_id)
         if item is None:
             return
-        self._warn_unknown_server_id(item_id)
+        self._warn_unknown_server_id(item_id, "the mirror and the call history keep")
 
         def apply(prev: str | None) -> None:
             if self.mirror.get(item_id) is None:
@@ -452,7 +454,7 @@ class SessionAdapter:
 
         self.order.place(Placement(item_id, UNKNOWN, apply, guessed=True))
 
-    def _warn_unknown_server_id(self, item_id: str) -> None:
+    def _warn_unknown_server_id(self, item_id: str, kept: str) -> None:
         """An item settled without its own ack on a server that renames items: the
         server's id for it never reached us, so it stays under ours (once a WARNING,
         then DEBUG)."""
@@ -463,9 +465,10 @@ class SessionAdapter:
         log(
             "%s keeps chat items under ids of its own and the ack of chat item %s (the one "
             "event naming its id) was lost: whether and under which id the server has it "
-            "cannot be checked; the mirror and the call history keep %s",
+            "cannot be checked; %s %s",
             self.provider.name,
             item_id,
+            kept,
             item_id,
             extra={"item_id": item_id},
         )

@@ -181,7 +181,6 @@ async def test_reconnect_records_every_turn_once_under_renamed_ids(
     await emulator.close_all()  # the server drops the socket; livekit reconnects and replays
     second = await emulator.wait_for_session(2, timeout=10)
     await emulator.wait_until(lambda: len(second.items) == 2, 10)
-    as_stepfun(call.rt)
     await say(call, "after the drop")
     adapter = adapter_of(call.rt)
     assert adapter is not None
@@ -191,9 +190,17 @@ async def test_reconnect_records_every_turn_once_under_renamed_ids(
         for item_id in ids:
             copy = message.model_copy(update={"id": item_id})
             call.session.emit("conversation_item_added", ConversationItemAddedEvent(item=copy))
+    # livekit's id of the first caller item leads to the id the NEW connection gave
+    # it (not the first connection's), so a plan from the agent's context finds it
+    first_local = call.user_messages()[0].id
+    sent_before = len(second.received)
+    agent = call.session.current_agent
+    await agent.update_chat_ctx(agent.chat_ctx)
+    resent = [r.type for r in second.received[sent_before:] if r.type.startswith("conversation.")]
     mirror = call.mirror_ids()
     await call.end()
 
+    assert adapter.server_ids[first_local] == second.item_ids[0] and resent == []
     turns = await stored(url)
     assert [t.text for t in turns if t.role.value == "user"] == [
         "before the drop",
@@ -276,6 +283,7 @@ async def test_lost_ack_under_renamed_ids_keeps_our_id_and_says_so(
     adapter = adapter_of(call.rt)
     assert adapter is not None
     answered = adapter.server_ids[call.user_messages()[2].id]
+    mirror = call.mirror_ids()
     await call.end()
 
     turns = await stored(url)
@@ -283,5 +291,10 @@ async def test_lost_ack_under_renamed_ids_keeps_our_id_and_says_so(
     assert [t.text for t in users] == ["lost ack one", "lost ack two", "next question"]
     assert [t.item_id for t in users[:2]] == lost
     assert users[2].item_id == answered
+    # the server has each item once; the two it never acknowledged are not mirrored
+    server = emulator.last_session
+    assert [text for role, text in server.texts() if role == "user"] == [t.text for t in users]
+    unacked = {i for i, role in server_messages(server) if role == "user"} - {answered}
+    assert len(unacked) == 2 and mirror == [i for i in server.item_ids if i not in unacked]
     unknown = [m for m in warnings_of(caplog) if "was lost" in m]
     assert len(unknown) == 1 and lost[0] in unknown[0]
