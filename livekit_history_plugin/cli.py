@@ -1536,6 +1536,42 @@ def demo(
         raise fail(settings, CliError(f"demo check failed: {failed}", ExitCode.DEMO_FAILED))
 
 
+
+
+@app.command()
+def emulator(
+    ctx: typer.Context,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port on 127.0.0.1 (0: any free one).")
+    ] = 8765,
+) -> None:
+    """Serve the bundled realtime emulator on 127.0.0.1 until Ctrl+C, with the demo's
+    scripted model; point `examples/voice_agent.py console --text` at it."""
+    from .demo import _demo_reply, _Seen
+    from .testing import RealtimeEmulator
+
+    settings = _settings(ctx)
+
+    async def serve() -> None:
+        async with RealtimeEmulator(reply=_demo_reply(_Seen()), port=port) as emu:
+            settings.out.print(
+                f"realtime emulator on {emu.base_url} (Ctrl+C stops it); in another terminal:\n"
+                f"  export AZURE_OPENAI_ENDPOINT={emu.base_url} "
+                f"AZURE_OPENAI_API_KEY={emu.api_key} AZURE_OPENAI_DEPLOYMENT={emu.model}\n"
+                "  python examples/voice_agent.py console --text",
+                markup=False,
+                soft_wrap=True,
+                highlight=False,
+            )
+            await asyncio.Event().wait()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        settings.out.print("emulator stopped", markup=False)
+    except OSError as e:  # the port is taken
+        message = f"cannot listen on 127.0.0.1:{port}: {e.strerror or e}"
+        raise fail(settings, CliError(message, ExitCode.USAGE)) from None
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point; returns the exit code."""
     try:

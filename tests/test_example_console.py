@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from livekit_history_plugin.demo import orders_before_this_question
+from livekit_history_plugin.demo import CALL_1_FIRST, CALL_2_FIRST, orders_before_this_question
 from livekit_history_plugin.history.stores import open_store
 from livekit_history_plugin.testing import ConversationView, RealtimeEmulator
 
@@ -170,13 +170,19 @@ def _example_env(emu: RealtimeEmulator, db: Path, api_version: str | None) -> di
     return env
 
 
-async def _console_call(env: dict[str, str], cwd: Path, line: str, reply: str) -> str:
+# livekit logs each conversation item; the agent's greeting is the first assistant one
+GREETED = '"role": "assistant"'
+
+
+async def _console_call(
+    env: dict[str, str], cwd: Path, line: str, reply: str, greeting: str = GREETED
+) -> str:
     """Run one console call: wait for the greeting, type `line`, wait for `reply`, Ctrl+C.
     Returns the screen."""
     call = ConsoleCall(env, cwd)
     try:
         await call.start()
-        greeted = await call.wait_for_text("Hello, this is Acme.")
+        greeted = await call.wait_for_text(greeting)
         await call.type_line(line)
         typed = await call.wait_for_text(line, after=greeted)
         await call.wait_for_text(reply, after=typed)
@@ -203,14 +209,18 @@ async def test_console_text_mode_two_calls(tmp_path: Path, api_version: str | No
     async with RealtimeEmulator(reply=scripted_model) as emu:
         env = _example_env(emu, db, api_version)
 
-        screen_1 = await _console_call(env, tmp_path, CALL_1_LINE, "Order 4711 ships tomorrow.")
+        screen_1 = await _console_call(
+            env, tmp_path, CALL_1_LINE, "Order 4711 ships tomorrow.", "Hello, this is Acme."
+        )
         assert "You" in screen_1 and "Agent" in screen_1
         async with open_store(f"sqlite:///{db}") as store:
             call_1 = [(t.role, t.text) for t in await store.load_latest(CONSOLE_USER, 100)]
         assert ("user", CALL_1_LINE) in call_1, call_1
         assert ("assistant", "Order 4711 ships tomorrow.") in call_1, call_1
 
-        await _console_call(env, tmp_path, CALL_2_LINE, "Last time you asked about order 4711.")
+        await _console_call(
+            env, tmp_path, CALL_2_LINE, "Last time you asked about order 4711.", "Hello"
+        )
         first, second = emu.sessions[0], emu.sessions[-1]
         assert second is not first
         # call 1's turns are on call 2's server conversation, each acknowledged, none refused
@@ -224,3 +234,47 @@ async def test_console_text_mode_two_calls(tmp_path: Path, api_version: str | No
         assert replay is not None and replay.items_sent >= 1, calls
         assert replay.confirmed == replay.items_sent and replay.rejected == [], replay
         assert replay.confirmed_by.get("ack") == replay.items_sent, replay
+
+
+async def _start_emulator_command() -> tuple[asyncio.subprocess.Process, str]:
+    """`livekit-history emulator --port 0`, as the README runs it; its URL."""
+    cli = Path(sys.executable).with_name("livekit-history")
+    proc = await asyncio.create_subprocess_exec(
+        str(cli), "emulator", "--port", "0", stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    first = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+    found = re.search(r"realtime emulator on (http://127\.0\.0\.1:\d+)", first)
+    assert found, first
+    return proc, found.group(1)
+
+
+@pytest.mark.timeout(400)
+async def test_readme_steps_with_the_emulator_command(tmp_path: Path) -> None:
+    """The README's offline steps: `livekit-history emulator` (the demo's scripted model),
+    then the example in `console --text`, twice with the demo's lines."""
+    if _release() < (1, 5):
+        pytest.skip("the README's steps use Azure GA (/openai/v1): livekit-plugins-openai >= 1.5")
+    proc, url = await _start_emulator_command()
+    try:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("LIVEKIT_", "OPENAI_", "AZURE_OPENAI_"))
+        }
+        env.update(
+            AZURE_OPENAI_ENDPOINT=url,
+            AZURE_OPENAI_API_KEY="emulator-key",
+            AZURE_OPENAI_DEPLOYMENT="gpt-realtime",
+            LIVEKIT_HISTORY_URL=f"sqlite:///{tmp_path / 'h.db'}",
+            TERM="xterm-256color",
+        )
+        # the scripted model hands CALL_1_FIRST to the specialist, who looks the order up
+        screen_1 = await _console_call(env, tmp_path, CALL_1_FIRST, "Order 4711: shipped")
+        assert "transfer_to_specialist" in screen_1, screen_1[-3000:]
+        # and answers call 2's question only from what the server holds besides it
+        await _console_call(env, tmp_path, CALL_2_FIRST, "Last time you asked about order 4711.")
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl+C in the emulator's terminal
+        code = await asyncio.wait_for(proc.wait(), 60)
+    assert code == 0
