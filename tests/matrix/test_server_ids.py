@@ -20,6 +20,7 @@ from pathlib import Path as FsPath
 from typing import Any
 
 import pytest
+from livekit import rtc
 from livekit.agents import Agent, AgentSession, llm
 from livekit.agents.voice.events import ConversationItemAddedEvent
 from matrix_helpers import HAS_RECONNECT, user_turn
@@ -27,12 +28,17 @@ from matrix_helpers import HAS_RECONNECT, user_turn
 from livekit_history_plugin import ReplayOptions, wrap_realtime_model
 from livekit_history_plugin.compat import adapter_of
 from livekit_history_plugin.history.models import Turn
-from livekit_history_plugin.history.plugin import HistoryPlugin
+from livekit_history_plugin.history.plugin import HistoryConfig, HistoryPlugin
 from livekit_history_plugin.history.recorder import Recorder
 from livekit_history_plugin.history.stores import open_store
 from livekit_history_plugin.history.stores.sqlite import SqliteStore
 from livekit_history_plugin.providers import SERVER_REPLACES_ITEM_IDS, Provider
-from livekit_history_plugin.testing import EmulatorSession, ProviderQuirks, RealtimeEmulator
+from livekit_history_plugin.testing import (
+    EmulatorSession,
+    ProviderQuirks,
+    RealtimeEmulator,
+    validate_server_event,
+)
 
 pytestmark = pytest.mark.matrix
 
@@ -118,6 +124,46 @@ def server_messages(s: EmulatorSession) -> list[tuple[str, str]]:
         for i in s.items
         if i.get("type") == "message" and i.get("role") in ("user", "assistant")
     ]
+
+
+async def caller_speaks(emulator: RealtimeEmulator, rt: Any) -> str:
+    """200 ms of caller audio committed on the server: its item's id (no transcript yet)."""
+    s = emulator.last_session
+    committed = len(s.sent_of("input_audio_buffer.committed"))
+    for _ in range(10):
+        rt.push_audio(speech_frame())
+    await emulator.wait_until(lambda: s.audio_appends >= 2)
+    rt.commit_audio()
+    await emulator.wait_until(lambda: len(s.sent_of("input_audio_buffer.committed")) > committed)
+    return str(s.sent_of("input_audio_buffer.committed")[-1]["item_id"])
+
+
+async def mirrored(rt: Any, item_id: str, timeout: float = 10.0) -> None:
+    """Poll until livekit mirrors an item (it fires no event we can await)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while rt.chat_ctx.get_by_id(item_id) is None:
+        if loop.time() > deadline:
+            raise TimeoutError(f"{item_id} not mirrored")
+        await asyncio.sleep(0.01)
+
+
+def speech_frame(ms: int = 20, rate: int = 24_000) -> rtc.AudioFrame:
+    samples = rate * ms // 1000
+    return rtc.AudioFrame(
+        data=b"\x01\x00" * samples, sample_rate=rate, num_channels=1, samples_per_channel=samples
+    )
+
+
+def transcript(item_id: str, text: str) -> dict[str, Any]:
+    return {
+        "type": "conversation.item.input_audio_transcription.completed",
+        "event_id": f"event_tr_{item_id[-8:]}",
+        "item_id": item_id,
+        "content_index": 0,
+        "transcript": text,
+        "usage": {"type": "duration", "seconds": 1.2},
+    }
 
 
 def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -261,6 +307,40 @@ async def test_rename_learned_after_the_turn_was_numbered(
     turns = await stored(url)
     assert [(t.item_id, t.text) for t in turns] == [(server_id, "my order number is 4471")]
     await store.close()
+
+
+async def test_rename_learned_while_the_turn_waits_for_an_earlier_transcript(
+    path: Any, emulator: RealtimeEmulator, url: str
+) -> None:
+    """A message committed while the caller's earlier audio has no transcript yet
+    waits in the reorder buffer; the rename that comes meanwhile reaches it there."""
+    plugin = HistoryPlugin(url, HistoryConfig(reorder_window=30.0))
+    call = await start_call(path, emulator, plugin)
+    await emulator.wait_for_session()
+    caller_item = await caller_speaks(emulator, call.rt)
+    await mirrored(call.rt, caller_item)
+    note = llm.ChatMessage(role="user", content=["my order number is 4471"])
+    call.session.emit("conversation_item_added", ConversationItemAddedEvent(item=note))
+    assert call.recorder.buffered == 1 and call.recorder.turns == []
+    ctx = call.rt.chat_ctx.copy()
+    ctx.items.append(note)
+    await call.rt.update_chat_ctx(ctx)
+    adapter = adapter_of(call.rt)
+    assert adapter is not None
+    server_id = adapter.server_ids[note.id]
+    session = emulator.last_session
+    validate_server_event(transcript(caller_item, "I have a question"), session.dialect)
+    session._queue(transcript(caller_item, "I have a question"))  # no generator for it
+    await emulator.wait_until(lambda: len(call.recorder.turns) == 2)
+    await call.end()
+    await plugin.aclose()
+
+    turns = await stored(url)
+    assert [(t.item_id, t.text) for t in turns] == [
+        (caller_item, "I have a question"),
+        (server_id, "my order number is 4471"),
+    ]
+    assert [t.item_id for t in call.recorder.turns] == [caller_item, server_id]
 
 
 async def test_lost_ack_under_renamed_ids_keeps_our_id_and_says_so(
