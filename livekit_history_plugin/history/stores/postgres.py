@@ -514,45 +514,34 @@ class PostgresStore(HistoryStore):
         n = len(terms)
         exclude = exclude_conversation_id is not None
         tail: list[Any] = [exclude_conversation_id] if exclude else []
-        everything = tuple(range(n))
-
-        async def phase(
-            conn: asyncpg.Connection, subset: tuple[int, ...], op: str, recent: bool
-        ) -> list[Candidate[Any]]:
-            sql = self._sql.search_phase(n, subset, op, exclude=exclude, recent=recent)
-            window = SEARCH_WINDOW * (len(subset) if op == "||" and not recent else 1)
-            rows = await conn.fetch(sql, user_id, window, *terms, *tail)
-            return [
-                Candidate(
-                    key=r["idem_key"],
-                    recency=r["created_at"].timestamp(),
-                    length=r["len"],
-                    matched=frozenset(i for i, held in enumerate(r["held"]) if held),
-                    row=r,
-                )
-                for r in rows
-            ]
+        if n > 1:  # one word has one phase: no limit to compare with
+            tail.append(limit)
+        sql = self._sql.search(n, exclude=exclude)
 
         async def fn(conn: asyncpg.Connection) -> list[tuple[Any, float]]:
-            sql = self._sql.search_counts(n)
-            counts = list(await conn.fetchval(sql, user_id, SEARCH_WINDOW, *terms))
-            together = counts.pop() if n > 1 else counts[0]
-            rare = tuple(i for i, c in enumerate(counts) if c < SEARCH_WINDOW)
-            # all words: through the GIN index when fewer than the window hold them
-            # all, else among the caller's newest turns (there are plenty)
-            phases = [await phase(conn, everything, "&&", together >= SEARCH_WINDOW)]
-            found = len(phases[0])
-            if found < limit and n > 1 and rare:
-                phases.append(await phase(conn, rare, "||", False))
-                found += len(phases[-1])
-            if found < limit and 1 < n > len(rare):
-                phases.append(await phase(conn, everything, "||", True))
+            # one round trip: the counts and every phase the counts call for
+            rows = await conn.fetch(sql, user_id, SEARCH_WINDOW, *terms, *tail)
+            if not rows:
+                return []
+            phases: list[list[Candidate[Any]]] = [[], [], []]
+            for r in rows:
+                phases[r["phase"] - 1].append(
+                    Candidate(
+                        key=r["idem_key"],
+                        recency=r["created_at"].timestamp(),
+                        length=r["len"],
+                        matched=frozenset(i for i, held in enumerate(r["held"]) if held),
+                        row=r,
+                    )
+                )
+            counts = list(rows[0]["counts"])[:n]
             return rank_phases(phases, counts, limit)
 
         hits: list[RecallHit] = []
+        extra = ("idem_key", "len", "held", "phase", "counts")
         for row, score in await self._run("search_turns", fn):
             turn = turn_from_record(
-                {k: row[k] for k in row.keys() if k not in ("idem_key", "len", "held")},
+                {k: row[k] for k in row.keys() if k not in extra},
                 where=f"{self.url} {self.schema}.turns (user_id={user_id!r}, "
                 f"idem_key={row['idem_key']!r})",
                 user_id=user_id,
@@ -606,66 +595,87 @@ class _Statements:
             f"FROM {q}.turns WHERE created_at < $1 LIMIT $2)"
         )
         self._q = q
-        self._search: dict[tuple[int, tuple[int, ...], str, bool, bool], str] = {}
+        self._whole: dict[tuple[int, bool], str] = {}
         # the owner lexeme of migration 3 (hex digits: a valid tsquery word), ANDed
         # into every match so the GIN index scopes the search to this user
-        owner = "('u' || md5($1))::tsquery"
-        self._counts: dict[int, str] = {}
-        self._owner = owner
+        self._owner = "('u' || md5($1))::tsquery"
 
-    def search_counts(self, n_terms: int) -> str:
-        """How many of the user's turns hold each of the n_terms words ($3..), and
-        (with more than one word) all of them together, last; each counted up to $2."""
-        sql = self._counts.get(n_terms)
-        if sql is None:
-            word = [f"plainto_tsquery('simple', ${i + 3})" for i in range(n_terms)]
-            # one word: its own count is the count of "all words"
-            probes = [*word, "(" + " && ".join(word) + ")"] if n_terms > 1 else word
-            counts = ", ".join(
-                f"(SELECT count(*) FROM (SELECT 1 FROM {self._q}.turns "
-                f"WHERE search @@ ({p} && {self._owner}) LIMIT $2) c)"
-                for p in probes
-            )
-            sql = self._counts[n_terms] = f"SELECT ARRAY[{counts}]"
-        return sql
-
-    def search_phase(
-        self, n_terms: int, subset: tuple[int, ...], op: str, *, exclude: bool, recent: bool
-    ) -> str:
-        """One phase of a search for n_terms words ($3..): the user's turns holding
-        the words of `subset` joined by `op` (&& or ||), the newest $2 of them
-        through the GIN index, or (`recent`) among the user's newest $2 turns by
-        the turns_latest index. One statement per shape, so asyncpg prepares a
-        handful."""
-        key = (n_terms, subset, op, exclude, recent)
-        sql = self._search.get(key)
+    def search(self, n_terms: int, *, exclude: bool) -> str:
+        """A whole search for n_terms words ($3..) in one statement: the per-word
+        counts and every phase of `search_turns`, each phase run only when the
+        earlier ones found fewer than $N (the limit, last; only with more than one
+        word) rows (a one-time filter
+        on an InitPlan: the plan node is never executed otherwise). Rows come back
+        phase by phase, newest first, each with its phase and the counts."""
+        key = (n_terms, exclude)
+        sql = self._whole.get(key)
         if sql is not None:
             return sql
+        q, owner, n = self._q, self._owner, n_terms
+        limit = f"${n + 4}" if exclude else f"${n + 3}"
         # each word goes through plainto_tsquery as a bound parameter: no tsquery
         # syntax of the caller's ever reaches the parser as syntax
-        word = [f"plainto_tsquery('simple', ${i + 3})" for i in range(n_terms)]
-        joiner = " && " if op == "&&" else " || "
-        match = "(" + joiner.join(word[i] for i in subset) + ")"
+        word = [f"plainto_tsquery('simple', ${i + 3})" for i in range(n)]
+        every = "(" + " && ".join(word) + ")"
+        some = "(" + " || ".join(word) + ")"
         held = "ARRAY[" + ", ".join(f"search @@ {w}" for w in word) + "]"
-        skip = f"AND conversation_id <> ${n_terms + 3} " if exclude else ""
+        skip = f"AND conversation_id <> ${n + 3} " if exclude else ""
         cols = f"{_TURN_COLUMNS}, length(text) AS len, {held} AS held"
         order = "ORDER BY created_at DESC, conversation_id DESC, seq DESC, idem_key DESC"
-        if recent:
-            source = (
-                f"(SELECT * FROM {self._q}.turns WHERE user_id = $1 {order} LIMIT $2) t "
-                f"WHERE search @@ {match} {skip}"
-            )
-            sql = f"SELECT {cols} FROM {source}"
-        else:
+        probes = [*word, every] if n > 1 else word
+        counts = ", ".join(
+            f"(SELECT count(*) FROM (SELECT 1 FROM {q}.turns "
+            f"WHERE search @@ ({p} && {owner}) LIMIT $2) c)"
+            for p in probes
+        )
+        together = f"(SELECT v[{len(probes)}] FROM c)"
+        # the rare words (fewer than $2 of the user's turns hold them) OR-ed in
+        # query order, folded one word at a time: the same tsquery as `w1 || w2 ...`
+        words = "(ARRAY[" + ", ".join(word) + "])[f.i + 1]"
+        rare = (
+            f"f (i, rq) AS (SELECT 0, NULL::tsquery UNION ALL SELECT f.i + 1, "
+            f"CASE WHEN c.v[f.i + 1] < $2 THEN COALESCE(f.rq || {words}, {words}) "
+            f"ELSE f.rq END FROM f, c WHERE f.i < {n}), "
+            f"r AS MATERIALIZED (SELECT rq, (SELECT count(*) FROM unnest(v[1:{n}]) x "
+            f"WHERE x < $2) AS nrare FROM f, c WHERE f.i = {n})"
+        )
+        ctes = [
+            f"c AS MATERIALIZED (SELECT ARRAY[{counts}] AS v)",
+            # all words: through the GIN index when fewer than the window hold them
+            # all, else among the caller's newest turns (there are plenty).
             # MATERIALIZED: every match through the GIN index first (bounded: the
-            # phase's words are rare), never a walk of a created_at index hoping to
-            # meet them; user_id = $1 re-checks the owner exactly
-            sql = (
-                f"WITH m AS MATERIALIZED (SELECT * FROM {self._q}.turns "
-                f"WHERE search @@ ({match} && {self._owner})) "
-                f"SELECT {cols} FROM m WHERE user_id = $1 {skip}{order} LIMIT $2"
-            )
-        self._search[key] = sql
+            # words are rare), never a walk of a created_at index hoping to meet
+            # them; user_id = $1 re-checks the owner exactly
+            f"m1 AS MATERIALIZED (SELECT * FROM {q}.turns WHERE {together} < $2 "
+            f"AND search @@ ({every} && {owner}))",
+            f"p1 AS MATERIALIZED ((SELECT {cols} FROM m1 WHERE user_id = $1 {skip}{order} "
+            f"LIMIT $2) UNION ALL (SELECT {cols} FROM (SELECT * FROM {q}.turns "
+            f"WHERE {together} >= $2 AND user_id = $1 {order} LIMIT $2) t "
+            f"WHERE search @@ {every} {skip}))",
+        ]
+        phases = ["SELECT 1 AS phase, * FROM p1"]
+        if n > 1:
+            found1 = "(SELECT count(*) FROM p1)"
+            ctes += [
+                rare,
+                f"m2 AS MATERIALIZED (SELECT * FROM {q}.turns WHERE {found1} < {limit} "
+                f"AND (SELECT nrare FROM r) > 0 AND search @@ ((SELECT rq FROM r) && {owner}))",
+                f"p2 AS MATERIALIZED (SELECT {cols} FROM m2 WHERE user_id = $1 {skip}{order} "
+                f"LIMIT $2 * (SELECT nrare FROM r))",
+                f"p3 AS (SELECT {cols} FROM (SELECT * FROM {q}.turns WHERE "
+                f"{found1} + (SELECT count(*) FROM p2) < {limit} "
+                f"AND (SELECT nrare FROM r) < {n} AND user_id = $1 {order} LIMIT $2) t "
+                f"WHERE search @@ {some} {skip})",
+            ]
+            phases += ["SELECT 2, * FROM p2", "SELECT 3, * FROM p3"]
+        sql = (
+            ("WITH RECURSIVE " if n > 1 else "WITH ")
+            + ", ".join(ctes)
+            + " SELECT s.*, (SELECT v FROM c) AS counts FROM ("
+            + " UNION ALL ".join(phases)
+            + ") s ORDER BY phase, created_at DESC, conversation_id DESC, seq DESC, idem_key DESC"
+        )
+        self._whole[key] = sql
         return sql
 
 
