@@ -170,9 +170,7 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.levelno >= logging.WARNING
-        and r.name.startswith("livekit")
-        and "api_version" not in r.getMessage()  # the deprecated Azure preview path
+        if r.levelno >= logging.WARNING and r.name.startswith("livekit.plugins.history")
     ]
 
 
