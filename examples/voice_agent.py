@@ -134,6 +134,24 @@ def allow_text_console_without_portaudio(argv: list[str]) -> None:
         sys.modules["sounddevice"] = _NoPortAudio(str(exc))
 
 
+def console_server_placeholders(argv: list[str]) -> None:
+    """Give `console` the LiveKit settings livekit 1.3 - 1.5 insist on but never use.
+
+    Their worker requires LIVEKIT_URL / _API_KEY / _API_SECRET even for the console's
+    local room (worker.py `run`; 1.6 checks them only for a registered worker). Placeholders
+    as livekit 1.2 set them for console; not on 1.6+, where a key would switch the turn
+    detector to LiveKit's hosted inference.
+    """
+    from livekit.agents import __version__ as agents_version
+
+    release = tuple(int(part) for part in agents_version.split(".")[:2])
+    if argv[:1] != ["console"] or release >= (1, 6):
+        return
+    os.environ.setdefault("LIVEKIT_URL", "ws://localhost:7881/fake_console_url")
+    os.environ.setdefault("LIVEKIT_API_KEY", "fake_console_key")
+    os.environ.setdefault("LIVEKIT_API_SECRET", "fake_console_secret")
+
+
 def main() -> None:
     argv = sys.argv[1:]
     if argv[:1] == ["demo"]:
@@ -152,6 +170,7 @@ def main() -> None:
             )
             sys.exit(2)
     allow_text_console_without_portaudio(argv)
+    console_server_placeholders(argv)
     cli.run_app(WorkerOptions(entrypoint_fnc=entrypoint, prewarm_fnc=prewarm))
 
 

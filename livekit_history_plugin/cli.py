@@ -1538,6 +1538,18 @@ def demo(
 
 
 
+async def _until_stopped() -> None:
+    """Until SIGINT (Ctrl+C) or SIGTERM, even where the shell started us with SIGINT
+    ignored (a background job of a script), which would leave Ctrl+C no effect."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
 @app.command()
 def emulator(
     ctx: typer.Context,
@@ -1563,12 +1575,11 @@ def emulator(
                 soft_wrap=True,
                 highlight=False,
             )
-            await asyncio.Event().wait()
+            await _until_stopped()
+        settings.out.print("emulator stopped", markup=False)
 
     try:
         asyncio.run(serve())
-    except KeyboardInterrupt:
-        settings.out.print("emulator stopped", markup=False)
     except OSError as e:  # the port is taken
         message = f"cannot listen on 127.0.0.1:{port}: {e.strerror or e}"
         raise fail(settings, CliError(message, ExitCode.USAGE)) from None
