@@ -602,11 +602,11 @@ class _Statements:
 
     def search(self, n_terms: int, *, exclude: bool) -> str:
         """A whole search for n_terms words ($3..) in one statement: the per-word
-        counts and every phase of `search_turns`, each phase run only when the
-        earlier ones found fewer than $N (the limit, last; only with more than one
-        word) rows (a one-time filter
-        on an InitPlan: the plan node is never executed otherwise). Rows come back
-        phase by phase, newest first, each with its phase and the counts."""
+        counts and every phase of `search_turns`. A phase runs only when the earlier
+        ones found fewer than the limit (the last parameter, only with more than
+        one word) rows: a one-time filter on an InitPlan, whose plan node is never
+        executed otherwise. Rows come back phase by phase, newest first, each with
+        its phase and the counts."""
         key = (n_terms, exclude)
         sql = self._whole.get(key)
         if sql is not None:
@@ -622,32 +622,27 @@ class _Statements:
         skip = f"AND conversation_id <> ${n + 3} " if exclude else ""
         cols = f"{_TURN_COLUMNS}, length(text) AS len, {held} AS held"
         order = "ORDER BY created_at DESC, conversation_id DESC, seq DESC, idem_key DESC"
+        # Each count keeps the row ids (ctid) of the up to $2 matches it read: a
+        # count under $2 is every match of the user's, so the phases that need
+        # those rows fetch them by id (a TID scan, within this statement's
+        # snapshot) instead of reading the GIN posting lists a second time.
+        # One word: its own count is the count of "all words".
         probes = [*word, every] if n > 1 else word
-        counts = ", ".join(
-            f"(SELECT count(*) FROM (SELECT 1 FROM {q}.turns "
-            f"WHERE search @@ ({p} && {owner}) LIMIT $2) c)"
-            for p in probes
-        )
-        together = f"(SELECT v[{len(probes)}] FROM c)"
-        # the rare words (fewer than $2 of the user's turns hold them) OR-ed in
-        # query order, folded one word at a time: the same tsquery as `w1 || w2 ...`
-        words = "(ARRAY[" + ", ".join(word) + "])[f.i + 1]"
-        rare = (
-            f"f (i, rq) AS (SELECT 0, NULL::tsquery UNION ALL SELECT f.i + 1, "
-            f"CASE WHEN c.v[f.i + 1] < $2 THEN COALESCE(f.rq || {words}, {words}) "
-            f"ELSE f.rq END FROM f, c WHERE f.i < {n}), "
-            f"r AS MATERIALIZED (SELECT rq, (SELECT count(*) FROM unnest(v[1:{n}]) x "
-            f"WHERE x < $2) AS nrare FROM f, c WHERE f.i = {n})"
-        )
         ctes = [
+            f"w{i} AS MATERIALIZED (SELECT ctid AS id FROM {q}.turns "
+            f"WHERE search @@ ({p} && {owner}) LIMIT $2)"
+            for i, p in enumerate(probes)
+        ]
+        every_ids = f"w{len(probes) - 1}"
+        counts = ", ".join(f"(SELECT count(*) FROM w{i})" for i in range(len(probes)))
+        together = f"(SELECT v[{len(probes)}] FROM c)"
+        ctes += [
             f"c AS MATERIALIZED (SELECT ARRAY[{counts}] AS v)",
-            # all words: through the GIN index when fewer than the window hold them
-            # all, else among the caller's newest turns (there are plenty).
-            # MATERIALIZED: every match through the GIN index first (bounded: the
-            # words are rare), never a walk of a created_at index hoping to meet
-            # them; user_id = $1 re-checks the owner exactly
+            # all words: every match (fewer than the window hold them all), else
+            # among the caller's newest turns (there are plenty); user_id = $1
+            # re-checks the owner exactly
             f"m1 AS MATERIALIZED (SELECT * FROM {q}.turns WHERE {together} < $2 "
-            f"AND search @@ ({every} && {owner}))",
+            f"AND ctid = ANY(ARRAY(SELECT id FROM {every_ids})))",
             f"p1 AS MATERIALIZED ((SELECT {cols} FROM m1 WHERE user_id = $1 {skip}{order} "
             f"LIMIT $2) UNION ALL (SELECT {cols} FROM (SELECT * FROM {q}.turns "
             f"WHERE {together} >= $2 AND user_id = $1 {order} LIMIT $2) t "
@@ -656,20 +651,25 @@ class _Statements:
         phases = ["SELECT 1 AS phase, * FROM p1"]
         if n > 1:
             found1 = "(SELECT count(*) FROM p1)"
+            nrare = f"(SELECT count(*) FROM c, unnest(c.v[1:{n}]) x WHERE x < $2)"
+            # a rare word: fewer than $2 of the user's turns hold it, so its ids
+            # are all of them
+            rare_ids = " UNION ".join(
+                f"SELECT id FROM w{i} WHERE (SELECT v[{i + 1}] FROM c) < $2" for i in range(n)
+            )
             ctes += [
-                rare,
                 f"m2 AS MATERIALIZED (SELECT * FROM {q}.turns WHERE {found1} < {limit} "
-                f"AND (SELECT nrare FROM r) > 0 AND search @@ ((SELECT rq FROM r) && {owner}))",
+                f"AND ctid = ANY(ARRAY({rare_ids})))",
                 f"p2 AS MATERIALIZED (SELECT {cols} FROM m2 WHERE user_id = $1 {skip}{order} "
-                f"LIMIT $2 * (SELECT nrare FROM r))",
+                f"LIMIT $2 * {nrare})",
                 f"p3 AS (SELECT {cols} FROM (SELECT * FROM {q}.turns WHERE "
                 f"{found1} + (SELECT count(*) FROM p2) < {limit} "
-                f"AND (SELECT nrare FROM r) < {n} AND user_id = $1 {order} LIMIT $2) t "
+                f"AND {nrare} < {n} AND user_id = $1 {order} LIMIT $2) t "
                 f"WHERE search @@ {some} {skip})",
             ]
             phases += ["SELECT 2, * FROM p2", "SELECT 3, * FROM p3"]
         sql = (
-            ("WITH RECURSIVE " if n > 1 else "WITH ")
+            "WITH "
             + ", ".join(ctes)
             + " SELECT s.*, (SELECT v FROM c) AS counts FROM ("
             + " UNION ALL ".join(phases)
