@@ -242,7 +242,10 @@ async def test_console_text_mode_two_calls(tmp_path: Path, api_version: str | No
         # (default mode `packed`: one transcript item holds the earlier turns)
         on_server = " ".join(text for _role, text in second.texts())
         assert CALL_1_LINE in on_server and "Order 4711 ships tomorrow." in on_server, on_server
-        assert second.error_codes() == [], second.error_codes()
+        # livekit <= 1.4's beta class cancels a response that is not active when it updates
+        # tools; the API answers response_cancel_not_active and livekit ignores it
+        errors = [c for c in second.error_codes() if c != "response_cancel_not_active"]
+        assert errors == [], second.error_codes()
         async with open_store(f"sqlite:///{db}") as store:
             calls = await store.load_calls(CONSOLE_USER, 10)
         replay = max(calls, key=lambda c: c.started_at).history_replay
