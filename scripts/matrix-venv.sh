@@ -16,6 +16,9 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cache="${LHP_VENV_CACHE:-$HOME/.cache/livekit-history-plugin/venvs}"
 name="livekit-$agents"
 [ "$plugin" = "$agents" ] || name="livekit-$agents-openai-$plugin"
+# The package is installed editable, so a venv belongs to one checkout: a clone
+# elsewhere (CI) must not import another tree's code through a shared venv.
+name="$name-$(printf '%s' "$root" | sha256sum | cut -c1-8)"
 venv="$cache/$name"
 py="${LHP_PYTHON:-$(command -v python3.11 || command -v python3)}"
 mkdir -p "$cache"
