@@ -40,6 +40,37 @@ async def user_turn(session: AgentSession[Any], text: str, timeout: float = 20) 
     return await asyncio.wait_for(session.generate_reply(user_input=text), timeout)
 
 
+async def user_turn_with_tool_reply(
+    session: AgentSession[Any], text: str, timeout: float = 20
+) -> Any:
+    """A user turn whose model calls a tool: returns once the reply to the tool's
+    output is done (1.2+: the RunResult; 1.0 - 1.1: the tool reply's SpeechHandle).
+
+    On 1.0 - 1.1 the handle `generate_reply` returns is done before the tool runs
+    (`_realtime_generation_task` calls `_mark_playout_done()` "before waiting for
+    the tool execution"); the reply to the output is a new handle, child of that
+    one, announced by `speech_created` with source "tool_response"."""
+    if hasattr(session, "run"):
+        return await user_turn(session, text, timeout)
+    created: list[Any] = []
+    more = asyncio.Event()
+
+    def on_created(ev: Any) -> None:
+        if ev.source == "tool_response":
+            created.append(ev.speech_handle)
+            more.set()
+
+    session.on("speech_created", on_created)
+    try:
+        first = await user_turn(session, text, timeout)
+        while not (replies := [h for h in created if h.parent is first]):
+            more.clear()
+            await asyncio.wait_for(more.wait(), timeout)
+        return await asyncio.wait_for(replies[0], timeout)
+    finally:
+        session.off("speech_created", on_created)
+
+
 class Maya(Agent):
     def __init__(self, loaded: LoadedHistory | None = None, *, chat_ctx: Any = None) -> None:
         if loaded is not None:

@@ -17,7 +17,13 @@ import json
 import sys
 from typing import Any
 
-from history_helpers import AGENT_INSTRUCTIONS, DEFAULT_KIND, protocol_errors, user_turn
+from history_helpers import (
+    AGENT_INSTRUCTIONS,
+    DEFAULT_KIND,
+    protocol_errors,
+    user_turn,
+    user_turn_with_tool_reply,
+)
 from livekit.agents import Agent, AgentSession
 
 from livekit_history_plugin.history.plugin import HistoryPlugin
@@ -25,8 +31,9 @@ from livekit_history_plugin.history.recall import RECALL_TOOL_NAME
 from livekit_history_plugin.testing import ConversationView, RealtimeEmulator, reply_with_tool
 
 
-async def _say(session: AgentSession[Any], text: str) -> str:
-    result: Any = await user_turn(session, text, 30)
+async def _say(session: AgentSession[Any], text: str, *, tool_called: bool = False) -> str:
+    turn = user_turn_with_tool_reply if tool_called else user_turn
+    result: Any = await turn(session, text, 30)
     reply = ""
     if not hasattr(result, "events"):  # livekit 1.0 - 1.1: a SpeechHandle
         message = result.chat_message
@@ -77,7 +84,7 @@ async def ask(url: str, user: str, query: str, text: str) -> None:
         tool = plugin.recall_tool(user, exclude_conversation_id=recorder.conversation_id)
         agent = Agent(instructions=loaded.instructions, chat_ctx=loaded.chat_ctx, tools=[tool])
         await session.start(agent)
-        reply = await _say(session, text)
+        reply = await _say(session, text, tool_called=True)
         s = emu.sessions[0]
         outputs = [i.get("output") for i in s.items if i.get("type") == "function_call_output"]
         calls = [i.get("name") for i in s.items if i.get("type") == "function_call"]

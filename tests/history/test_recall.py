@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from history_helpers import AGENT_INSTRUCTIONS, DEFAULT_KIND, PATHS, assert_clean, user_turn
+from history_helpers import (
+    AGENT_INSTRUCTIONS,
+    DEFAULT_KIND,
+    PATHS,
+    assert_clean,
+    user_turn_with_tool_reply,
+)
 from livekit.agents import Agent, AgentSession
 
 from livekit_history_plugin.history.models import Role, Turn
@@ -70,7 +76,7 @@ async def tool_output(plugin: HistoryPlugin, user: str, query: str, *, kind: str
         tool = plugin.recall_tool(user, exclude_conversation_id=recorder.conversation_id)
         await session.start(Agent(instructions=AGENT_INSTRUCTIONS, tools=[tool]))
         try:
-            await user_turn(session, "Do you remember?")
+            await user_turn_with_tool_reply(session, "Do you remember?")
             s = emu.sessions[0]
             assert_clean(s)
             outputs = [i["output"] for i in s.items if i.get("type") == "function_call_output"]
