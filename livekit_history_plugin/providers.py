@@ -98,7 +98,8 @@ AZURE_PREVIEW_NO_RETRIEVE = Quirk(
     source="MicrosoftDocs/azure-ai-docs articles/ai-services/openai/realtime-audio-reference.md",
     rule=(
         "conversation.item.retrieve is never sent: a create whose ack is lost is "
-        "settled by the acks chained behind it, else it is given up after its timeout"
+        "settled by the acks chained behind it, else checked with a throwaway item "
+        "anchored to it (acked: present; invalid previous item: absent), deleted again"
     ),
 )
 
