@@ -31,7 +31,7 @@ reaches the call.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -149,8 +149,14 @@ def emit_span(
     start_ns: int,
     end_ns: int,
     events: Sequence[tuple[str, Mapping[str, Any]]] = (),
+    content: Callable[[], Mapping[str, Any]] | None = None,
 ) -> None:
-    """One finished span on livekit's tracer (no-op without it); never raises."""
+    """One finished span on livekit's tracer (no-op without it); never raises.
+
+    `content` (the `lk.pii.*` attributes) is built only for a span that records:
+    with no tracer provider set, a call start does not serialize every turn for
+    nothing. Setting it after the start is safe for redaction, which livekit's
+    span processor applies in `on_end`."""
     tracer = _tracer()
     if tracer is None:
         return
@@ -158,11 +164,18 @@ def emit_span(
         span = tracer.start_span(
             name, context=_parent_context(), attributes=_clean(attributes), start_time=start_ns
         )
-        for event_name, event_attributes in events:
-            span.add_event(event_name, _clean(event_attributes), timestamp=end_ns)
-        span.end(end_time=max(end_ns, start_ns))
     except Exception:  # telemetry must never break a call
         logger.debug("could not emit the %s span", name, exc_info=True)
+        return
+    try:
+        if content is not None and span.is_recording():
+            span.set_attributes(_clean(content()))
+        for event_name, event_attributes in events:
+            span.add_event(event_name, _clean(event_attributes), timestamp=end_ns)
+    except Exception:
+        logger.debug("could not fill the %s span", name, exc_info=True)
+    finally:
+        span.end(end_time=max(end_ns, start_ns))
 
 
 @contextmanager
@@ -221,8 +234,8 @@ def record_load(
 ) -> None:
     """The `history.load` span: `attributes` are the counts (see `ATTR`), the
     rest is content and goes under `lk.pii.*` only."""
-    with _never_raises("load"):
-        content: Attributes = {
+    def content() -> Attributes:
+        return {
             ATTR["user_id"]: user_id,
             ATTR["turn_texts"]: json.dumps(
                 [{"role": role, "text": text} for role, text in turns], ensure_ascii=False
@@ -230,7 +243,9 @@ def record_load(
             ATTR["summary_text"]: summary,
             ATTR["instructions"]: instructions,
         }
-        emit_span("history.load", {**attributes, **content}, start_ns=start_ns, end_ns=end_ns)
+
+    with _never_raises("load"):
+        emit_span("history.load", attributes, start_ns=start_ns, end_ns=end_ns, content=content)
 
 
 def record_audio_gate(
