@@ -77,6 +77,16 @@ def _default_store_url() -> str:
     return os.environ.get(ENV_VAR) or DEFAULT_URL
 
 
+def _llm_or(value: Any, kind: type, field: str) -> Any:
+    """`value` when it is None, a livekit `llm.LLM` or a `kind`; else a clear error."""
+    if value is None or isinstance(value, (llm.LLM, kind)):
+        return value
+    raise ValueError(
+        f"{field} must be a livekit llm.LLM, a {kind.__name__} or None, "
+        f"not {type(value).__name__}"
+    )
+
+
 class HistoryConfig(BaseModel):
     """Settings of a `HistoryPlugin`."""
 
@@ -141,11 +151,7 @@ class HistoryConfig(BaseModel):
     @field_validator("summarizer")
     @classmethod
     def _check_summarizer(cls, v: Any) -> Any:
-        if v is None or isinstance(v, llm.LLM) or isinstance(v, Summarizer):
-            return v
-        raise ValueError(
-            f"summarizer must be a livekit llm.LLM, a Summarizer or None, not {type(v).__name__}"
-        )
+        return _llm_or(v, Summarizer, "summarizer")
 
     capture_facts: bool = Field(
         default=True,
@@ -163,12 +169,7 @@ class HistoryConfig(BaseModel):
     @field_validator("fact_extractor")
     @classmethod
     def _check_fact_extractor(cls, v: Any) -> Any:
-        if v is None or isinstance(v, llm.LLM) or isinstance(v, FactExtractor):
-            return v
-        raise ValueError(
-            "fact_extractor must be a livekit llm.LLM, a FactExtractor or None, "
-            f"not {type(v).__name__}"
-        )
+        return _llm_or(v, FactExtractor, "fact_extractor")
 
     def build_fact_extractor(self) -> FactExtractor:
         source = self.fact_extractor
